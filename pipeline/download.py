@@ -1,0 +1,21 @@
+"""DVC stage `download`: produce the dataset named by data.name at data/raw.
+
+For data.name=synthetic the images are generated from data.seed (no network).
+"""
+
+import argparse
+import logging
+
+from pipeline import _stage, paths
+from src.config import load_params
+from src.data.prepare import prepare_dataset
+
+
+def main(args: argparse.Namespace) -> None:
+    params = load_params()
+    counts = prepare_dataset(params.data, paths.RAW)
+    logging.info("download: %s -> %s (%s)", params.data.name, paths.RAW, counts)
+
+
+if __name__ == "__main__":
+    _stage.run(main, argparse.ArgumentParser(description=__doc__))

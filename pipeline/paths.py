@@ -1,0 +1,21 @@
+"""Where the stages read and write (mirrored in dvc.yaml; nothing under src/ knows these paths)."""
+
+from pathlib import Path
+
+RAW = Path("data/raw")
+LR = Path("data/lr")
+SR_PRETRAINED = Path("models/sr_pretrained.pt")
+PRETRAIN_HISTORY = Path("metrics/train/sr_pretrain.json")
+REPORTS = Path("reports")
+
+
+def model_dir(task: str, method: str) -> Path:
+    return Path("models") / task / method
+
+
+def train_history(task: str, method: str) -> Path:
+    return Path("metrics/train") / task / f"{method}.json"
+
+
+def eval_metrics(task: str, method: str) -> Path:
+    return Path("metrics/eval") / task / f"{method}.json"

@@ -1,0 +1,21 @@
+"""DVC stage `pretrain_sr`: the SR network alone, L1 on HR/LR pairs (stand-in for DIV2K pre-training)."""
+
+import argparse
+import logging
+
+from pipeline import _stage, paths
+from src.config import load_params
+from src.experiment import pretrain_sr
+from src.utils import save_torch_atomic, write_json_atomic
+
+
+def main(args: argparse.Namespace) -> None:
+    params = load_params()
+    result = pretrain_sr(params, paths.RAW, paths.LR)
+    save_torch_atomic(paths.SR_PRETRAINED, result.states["sr"])
+    write_json_atomic(paths.PRETRAIN_HISTORY, {"seconds": result.seconds, "epochs": result.history})
+    logging.info("pretrain_sr: val PSNR %.2f dB in %.0f s", result.history[-1]["val/psnr"], result.seconds)
+
+
+if __name__ == "__main__":
+    _stage.run(main, argparse.ArgumentParser(description=__doc__))

@@ -1,0 +1,40 @@
+"""DVC stage `report`: reports/report.md, reports/results.csv and a figure per task, from the metrics files."""
+
+import argparse
+import logging
+
+import pandas as pd
+
+from pipeline import _stage, paths
+from src.config import load_params
+from src.methods import TABLE_METHODS
+from src.report import ordering_check, plot_results, render_markdown, results_table
+from src.tasks import TASKS
+from src.utils import atomic_path, read_json, write_text_atomic
+
+
+def main(args: argparse.Namespace) -> None:
+    params = load_params()
+    times = {"pretrain_sr": read_json(paths.PRETRAIN_HISTORY)["seconds"]}
+    sections, frames = [], []
+    for task in params.tasks:
+        primary = TASKS[task].primary_metric
+        metrics = {m: read_json(paths.eval_metrics(task, m)) for m in TABLE_METHODS}
+        histories = {}
+        for m in TABLE_METHODS:
+            h = read_json(paths.train_history(task, m))
+            histories[m] = h["epochs"]
+            times[f"train@{task}-{m}"] = h["seconds"]
+        df = results_table(task, metrics, primary)
+        fig = f"figures/{task}_results.png"
+        with atomic_path(paths.REPORTS / fig) as tmp:
+            plot_results(df, histories, primary, tmp)
+        sections.append((task, df, ordering_check(df, primary), fig))
+        frames.append(df)
+    write_text_atomic(paths.REPORTS / "results.csv", pd.concat(frames).to_csv(index=False, float_format="%.3f"))
+    write_text_atomic(paths.REPORTS / "report.md", render_markdown(params, sections, times))
+    logging.info("report: %s", paths.REPORTS / "report.md")
+
+
+if __name__ == "__main__":
+    _stage.run(main, argparse.ArgumentParser(description=__doc__))

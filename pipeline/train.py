@@ -1,0 +1,40 @@
+"""DVC stage `train@<task>-<method>`: train one method of the paper's Table 1 for one task."""
+
+import argparse
+import logging
+
+import torch
+
+from pipeline import _stage, paths
+from src.config import load_params
+from src.experiment import train_method
+from src.methods import METHODS, TABLE_METHODS
+from src.tasks import TASKS
+from src.utils import atomic_path, write_json_atomic
+
+
+def main(args: argparse.Namespace) -> None:
+    params = load_params()
+    method = METHODS[args.method]
+    result = train_method(
+        params,
+        args.task,
+        args.method,
+        paths.RAW,
+        paths.LR,
+        sr_init=paths.SR_PRETRAINED if method.sr_from_pretrained else None,
+        rec_init=paths.model_dir(args.task, method.rec_from) / "rec.pt" if method.rec_from else None,
+    )
+    with atomic_path(paths.model_dir(args.task, args.method)) as tmp:
+        tmp.mkdir()
+        for name, state in result.states.items():  # sr.pt (when the method has an SR network), rec.pt
+            torch.save(state, tmp / f"{name}.pt")
+    write_json_atomic(paths.train_history(args.task, args.method), {"seconds": result.seconds, "epochs": result.history})
+    logging.info("train %s/%s: %.0f s, last epoch %s", args.task, args.method, result.seconds, result.history[-1])
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--task", choices=sorted(TASKS), required=True)
+    parser.add_argument("--method", choices=TABLE_METHODS, required=True)
+    _stage.run(main, parser)

@@ -1,0 +1,216 @@
+"""Typed, frozen run configuration: the only module that reads ``params.yaml``.
+
+``load_params()`` validates the whole file once, at start-up, so a typo, a wrong type or an
+out-of-range value fails before any work with a message naming the key, e.g.
+``params.yaml: degrade.scale: Input should be 2, 4 or 8``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+PARAMS_FILE = Path("params.yaml")
+
+NonNegFloat = Annotated[float, Field(ge=0.0)]
+PosFloat = Annotated[float, Field(gt=0.0)]
+PosInt = Annotated[int, Field(gt=0)]
+NonNegInt = Annotated[int, Field(ge=0)]
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class ConfigError(ValueError):
+    """An invalid params file or value; the message names the file and the key."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+
+class SyntheticConfig(Strict):
+    """The embedded generator (``src/data/synthetic.py``)."""
+
+    num_train: PosInt = 1500
+    num_val: PosInt = 500
+    image_size: Annotated[int, Field(ge=16)] = 64
+    max_objects: PosInt = 3
+    period: Annotated[float, Field(ge=2.0)] = 5.0  # grating period in HR pixels
+
+
+class DataConfig(Strict):
+    name: Literal["synthetic"] = "synthetic"
+    seed: int = 0
+    synthetic: SyntheticConfig = SyntheticConfig()
+    hflip: bool = False  # off for the synthetic set: a flip turns a 45-degree grating into a 135-degree one
+    num_workers: NonNegInt = 0
+
+
+class DegradeConfig(Strict):
+    scale: Literal[2, 4, 8] = 4
+    antialias: bool = False  # the official code downsamples without antialiasing
+    quantize: bool = True  # round the LR image to 8 bit, as a stored PNG would be
+
+
+class SRConfig(Strict):
+    arch: Literal["edsr"] = "edsr"
+    n_blocks: PosInt = 4  # the paper's EDSR-baseline is 16 x 64
+    n_feats: PosInt = 32
+    res_scale: PosFloat = 1.0
+
+
+class OptimConfig(Strict):
+    name: Literal["sgd", "adam", "adamw"]
+    lr: PosFloat
+    momentum: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+    weight_decay: NonNegFloat = 0.0
+    eta_min: NonNegFloat = 0.0  # floor of the cosine schedule
+
+    @model_validator(mode="after")
+    def _eta_below_lr(self) -> "OptimConfig":
+        if self.eta_min > self.lr:
+            raise ValueError(f"eta_min ({self.eta_min}) must not exceed lr ({self.lr})")
+        return self
+
+
+class PretrainSRConfig(Strict):
+    epochs: PosInt = 20
+    batch_size: PosInt = 32
+    optim: OptimConfig = OptimConfig(name="adamw", lr=5.0e-4, eta_min=1.0e-6)
+
+
+class ClsConfig(Strict):
+    """Image classification: a torchvision ResNet classifier."""
+
+    arch: Literal["resnet18", "resnet34", "resnet50"] = "resnet18"
+    pretrained: bool = False  # ImageNet weights (needs a download; never required)
+    optim: OptimConfig = OptimConfig(name="sgd", lr=0.03, momentum=0.9, weight_decay=1.0e-4, eta_min=1.0e-4)
+    loss_weights: dict[str, NonNegFloat] = {"loss_ce": 1.0}
+    tdp_layers: dict[str, NonNegFloat] = {"layer4": 1.0}
+    cqmix_grid: PosInt = 4
+
+
+class RecogniserOnly(Strict):
+    """H2T / S2T: train the recogniser alone."""
+
+    task_weight: NonNegFloat = 1.0
+
+
+class L2TConfig(RecogniserOnly):
+    align_corners: bool = True  # the official L2T upsampler is UpsamplingBilinear2d (align_corners=True)
+
+
+class PixelAndTask(Strict):
+    """T2S / S+T: pixel L1 plus the task loss through the recogniser."""
+
+    pix_weight: NonNegFloat = 1.0
+    task_weight: NonNegFloat = 1.0
+
+
+class SR4IRConfig(Strict):
+    warmup_epochs: NonNegInt = 2  # TDP switches on after this many epochs
+    pix_weight: NonNegFloat = 1.0
+    tdp_weight: NonNegFloat = 1.0
+    sr_weight: NonNegFloat = 0.34  # phase-2 task loss on the SR image
+    hr_weight: NonNegFloat = 0.34  # ... on the HR image
+    cqmix_weight: NonNegFloat = 0.34  # ... on the CQMix image
+    cqmix_p: Probability = 0.5  # probability that a grid cell comes from the SR image
+    recompute_sr_phase2: bool = True  # phase 2 re-runs SR with the just-updated weights (official behaviour)
+
+
+class TrainConfig(Strict):
+    epochs: PosInt = 8
+    batch_size: PosInt = 32
+    sr_optim: OptimConfig = OptimConfig(name="adamw", lr=2.0e-4, eta_min=1.0e-6)
+    h2t: RecogniserOnly = RecogniserOnly()
+    l2t: L2TConfig = L2TConfig()
+    s2t: RecogniserOnly = RecogniserOnly()
+    t2s: PixelAndTask = PixelAndTask()
+    joint: PixelAndTask = PixelAndTask()
+    sr4ir: SR4IRConfig = SR4IRConfig()
+
+    @model_validator(mode="after")
+    def _warmup_within_epochs(self) -> "TrainConfig":
+        if self.sr4ir.warmup_epochs >= self.epochs:
+            raise ValueError(
+                f"sr4ir.warmup_epochs ({self.sr4ir.warmup_epochs}) must be below epochs ({self.epochs}),"
+                " or TDP never switches on"
+            )
+        return self
+
+
+class EvalConfig(Strict):
+    batch_size: PosInt = 100
+    psnr_crop_border: NonNegInt = 4  # pixels cut from each side before PSNR (the paper uses 8 on 224-480 px)
+
+
+class Params(Strict):
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    tasks: list[Literal["cls"]] = ["cls"]
+    data: DataConfig = DataConfig()
+    degrade: DegradeConfig = DegradeConfig()
+    sr: SRConfig = SRConfig()
+    pretrain_sr: PretrainSRConfig = PretrainSRConfig()
+    cls: ClsConfig = ClsConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "Params":
+        size = self.data.synthetic.image_size
+        if size % self.degrade.scale:
+            raise ValueError(
+                f"data.synthetic.image_size ({size}) must be divisible by degrade.scale ({self.degrade.scale})"
+            )
+        if not self.tasks:
+            raise ValueError("tasks must name at least one task")
+        if 2 * self.eval.psnr_crop_border >= size:
+            raise ValueError(f"eval.psnr_crop_border ({self.eval.psnr_crop_border}) leaves no pixels of a {size}-px image")
+        return self
+
+    def task_config(self, task: str) -> ClsConfig:
+        return getattr(self, task)
+
+    def digest(self) -> str:
+        """Short hash of the validated params (for tags and checkpoint checks)."""
+        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _format_errors(path: Path, err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (not a parameter of this pipeline; check the spelling)"
+        lines.append(f"{path}: {key}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_params(raw: object, source: Path | str = PARAMS_FILE) -> Params:
+    """Validate an already-loaded mapping (e.g. params.yaml with overrides applied)."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of keys at the top level, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(Path(source), err)) from None
+
+
+def load_params(path: Path | str = PARAMS_FILE) -> Params:
+    """Read and validate ``params.yaml`` (once per process)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: file not found (run from the repository root)")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    return parse_params(raw, path)

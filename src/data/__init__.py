@@ -1,0 +1,1 @@
+"""Datasets on disk: generation, degradation and the paired LR/HR dataset."""

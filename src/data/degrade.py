@@ -1,0 +1,61 @@
+"""LR degradation: bicubic downscale, then 8-bit quantisation (the official SR4IR recipe)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from src.config import DegradeConfig
+from src.utils import atomic_path, progress
+
+
+def quantize(img: torch.Tensor) -> torch.Tensor:
+    """Round a [0, 1] image to 8-bit levels (also clamps bicubic overshoot)."""
+    return (img * 255.0).round().clamp(0, 255) / 255.0
+
+
+def degrade(hr: torch.Tensor, cfg: DegradeConfig) -> torch.Tensor:
+    """(B, 3, H, W) in [0, 1] -> (B, 3, H/s, W/s): PyTorch bicubic (no antialias by default), then quantise."""
+    if hr.shape[-1] % cfg.scale or hr.shape[-2] % cfg.scale:
+        raise ValueError(f"image size {tuple(hr.shape[-2:])} is not divisible by degrade.scale={cfg.scale}")
+    lr = F.interpolate(hr, scale_factor=1.0 / cfg.scale, mode="bicubic", align_corners=False, antialias=cfg.antialias)
+    return quantize(lr) if cfg.quantize else lr.clamp(0, 1)
+
+
+def read_rgb(path: Path) -> torch.Tensor:
+    """(3, H, W) float in [0, 1]; a clear error naming the file when it cannot be decoded."""
+    try:
+        with Image.open(path) as im:
+            arr = np.asarray(im.convert("RGB"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: image missing") from None
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:  # unknown format, truncated data
+        raise ValueError(f"{path}: cannot decode image ({err})") from None
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).float() / 255.0
+
+
+def write_rgb(img: torch.Tensor, path: Path) -> None:
+    """(3, H, W) in [0, 1] -> 8-bit PNG."""
+    arr = (img.clamp(0, 1) * 255.0).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    Image.fromarray(arr).save(path, format="PNG")
+
+
+def degrade_folder(raw: Path, out: Path, cfg: DegradeConfig, splits: tuple[str, ...] = ("train", "val")) -> int:
+    """Write ``out/<split>/<id>.png`` for every ``raw/<split>/images/<id>.png``; return the image count."""
+    count = 0
+    with atomic_path(out) as tmp:
+        for split in splits:
+            src_dir = raw / split / "images"
+            files = sorted(src_dir.glob("*.png"))
+            if not files:
+                raise FileNotFoundError(f"{src_dir}: no PNG images (run the download stage first)")
+            (tmp / split).mkdir(parents=True)
+            for f in progress(files, desc=f"degrade {split}"):
+                lr = degrade(read_rgb(f)[None], cfg)[0]
+                write_rgb(lr, tmp / split / f.name)
+                count += 1
+    return count

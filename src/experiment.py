@@ -1,0 +1,107 @@
+"""Stage-level library functions: what each DVC stage computes, given params and paths.
+
+The stage scripts in ``pipeline/`` own the paths and the writing; these functions own the work and
+return plain results (state dicts, per-epoch histories, metric dicts).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from src.config import Params
+from src.data.dataset import PairedDataset, make_loader
+from src.engine import Callback, build_setup, evaluate, fit, load_state
+from src.methods import METHODS
+from src.tasks import build_task
+from src.utils import resolve_device, seed_everything
+
+
+@dataclass
+class TrainResult:
+    states: dict[str, dict[str, torch.Tensor]]  # "sr" and/or "rec" -> state dict (on the CPU)
+    history: list[dict[str, float]]
+    seconds: float
+
+
+def _loaders(params: Params, task, raw: Path, lr: Path, batch_size: int, generator: torch.Generator):
+    data = params.data
+    train_ds = PairedDataset(raw, lr, "train", task, hflip=data.hflip)
+    val_ds = PairedDataset(raw, lr, "val", task)
+    return (
+        make_loader(train_ds, batch_size, True, data.num_workers, generator),
+        make_loader(val_ds, params.eval.batch_size, False, data.num_workers),
+    )
+
+
+def _cpu_state(net: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu() for k, v in net.state_dict().items()}
+
+
+def pretrain_sr(params: Params, raw: Path, lr: Path, callbacks: Sequence[Callback] = ()) -> TrainResult:
+    """SR alone with L1 on HR/LR pairs; the task network is not involved."""
+    device = resolve_device(params.device)
+    generator = seed_everything(params.seed)
+    train_loader, val_loader = _loaders(params, None, raw, lr, params.pretrain_sr.batch_size, generator)
+    method = METHODS["sr_pretrain"]
+    setup = build_setup(method, params, None, device=device, sr_optim=params.pretrain_sr.optim)
+    t0 = time.perf_counter()
+    history = fit(setup, train_loader, val_loader, params.pretrain_sr.epochs, device, params.pretrain_sr.optim, None,
+                  psnr_crop=params.eval.psnr_crop_border, callbacks=callbacks)
+    return TrainResult({"sr": _cpu_state(setup.sr)}, history, time.perf_counter() - t0)
+
+
+def train_method(
+    params: Params,
+    task_name: str,
+    method_name: str,
+    raw: Path,
+    lr: Path,
+    sr_init: Path | None = None,
+    rec_init: Path | None = None,
+    callbacks: Sequence[Callback] = (),
+) -> TrainResult:
+    """Train one method of Table 1 for one task."""
+    method = METHODS[method_name]
+    if method.sr_from_pretrained and sr_init is None:
+        raise ValueError(f"method {method_name} starts from the pretrained SR network: pass its path")
+    if method.rec_from is not None and rec_init is None:
+        raise ValueError(f"method {method_name} starts from the {method.rec_from} recogniser: pass its path")
+    device = resolve_device(params.device)
+    generator = seed_everything(params.seed)
+    task = build_task(task_name, params, raw)
+    train_loader, val_loader = _loaders(params, task, raw, lr, params.train.batch_size, generator)
+    setup = build_setup(method, params, task, sr_init, rec_init, device, mix_seed=params.seed + 1)
+    warmup = params.train.sr4ir.warmup_epochs if method.step == "alternate" else 0
+    t0 = time.perf_counter()
+    history = fit(setup, train_loader, val_loader, params.train.epochs, device, params.train.sr_optim,
+                  params.task_config(task_name).optim, warmup_epochs=warmup,
+                  psnr_crop=params.eval.psnr_crop_border, callbacks=callbacks)
+    states = {}
+    if setup.sr is not None:
+        states["sr"] = _cpu_state(setup.sr)
+    if setup.rec is not None:
+        states["rec"] = _cpu_state(setup.rec)
+    return TrainResult(states, history, time.perf_counter() - t0)
+
+
+def evaluate_method(params: Params, task_name: str, method_name: str, raw: Path, lr: Path, model_dir: Path) -> dict[str, float]:
+    """Task metric and PSNR of a trained method on the val split (the split the paper reports on)."""
+    method = METHODS[method_name]
+    device = resolve_device(params.device)
+    seed_everything(params.seed)
+    task = build_task(task_name, params, raw)
+    setup = build_setup(method, params, task, device=device)
+    if setup.sr is not None:
+        load_state(setup.sr, model_dir / "sr.pt", "SR")
+    load_state(setup.rec, model_dir / "rec.pt", "recogniser")
+    val_ds = PairedDataset(raw, lr, "val", task)
+    loader = make_loader(val_ds, params.eval.batch_size, False, params.data.num_workers)
+    t0 = time.perf_counter()
+    metrics = evaluate(setup, loader, device, params.eval.psnr_crop_border)
+    metrics.update({"n_val": len(val_ds), "eval_seconds": time.perf_counter() - t0})
+    return metrics

@@ -1,0 +1,1 @@
+"""Networks: super-resolution (EDSR) and the non-learned upsampler used by L2T."""

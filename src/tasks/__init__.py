@@ -1,0 +1,24 @@
+"""Task registry: ``build_task(name, params)`` is the only place a task is chosen by name."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from src.config import Params
+from src.tasks.base import Task
+from src.tasks.cls import ClassificationTask
+
+TASKS = {"cls": ClassificationTask}
+
+
+def build_task(name: str, params: Params, raw: Path) -> Task:
+    """The task ``name`` configured by ``params``; class names come from the prepared dataset."""
+    if name not in TASKS:
+        raise KeyError(f"unknown task {name!r}; choose from {sorted(TASKS)}")
+    classes_file = raw / "classes.json"
+    try:
+        num_classes = len(json.loads(classes_file.read_text()))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{classes_file}: missing (run the download stage first)") from None
+    return TASKS[name](params.task_config(name), num_classes)

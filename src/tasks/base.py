@@ -1,0 +1,83 @@
+"""The task interface: everything that differs between classification, segmentation and detection.
+
+The training loop, the TDP loss, CQMix, evaluation and the report see only this interface; none of
+them branches on the task's name. Images given to a task are (B, 3, H, W) floats in [0, 1] (HR, an
+upsampled LR or an SR output, unclamped); each task normalises inside.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class Metric(Protocol):
+    def update(self, preds: Any, target: Any) -> None: ...
+    def compute(self) -> dict[str, float]: ...
+
+
+class Task(Protocol):
+    name: str
+    primary_metric: str  # key of Metric.compute() that the report and tuning rank by
+
+    def build_model(self) -> nn.Module: ...
+    def load_targets(self, split_dir: Path, names: Sequence[str]) -> list[Any]: ...
+    def collate_targets(self, targets: list[Any]) -> Any: ...
+    def hflip_target(self, target: Any, width: int) -> Any: ...
+    def losses(self, model: nn.Module, images: torch.Tensor, target: Any) -> dict[str, torch.Tensor]:
+        """Named, unweighted loss terms; weights from params are applied once by the caller."""
+        ...
+    def features(self, model: nn.Module, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The intermediate features the TDP loss compares, by layer name."""
+        ...
+    def predict(self, model: nn.Module, images: torch.Tensor) -> Any: ...
+    def new_metric(self) -> Metric: ...
+    def frozen(self, model: nn.Module) -> contextlib.AbstractContextManager[None]: ...
+
+
+class Normalize(nn.Module):
+    """ImageNet normalisation as a module, so every task network takes [0, 1] images."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+@contextlib.contextmanager
+def frozen_critic(model: nn.Module) -> Iterator[None]:
+    """Use ``model`` as a fixed critic: eval mode (BN running statistics), no parameter gradients.
+
+    Each parameter's own ``requires_grad`` flag and the module's mode are restored afterwards (the
+    official code re-enables every parameter, un-freezing layers that were frozen on purpose).
+    """
+    flags = [p.requires_grad for p in model.parameters()]
+    was_training = model.training
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in zip(model.parameters(), flags):
+            p.requires_grad_(flag)
+        model.train(was_training)
+
+
+def weighted_sum(terms: Mapping[str, torch.Tensor], weights: Mapping[str, float]) -> torch.Tensor:
+    """Sum of ``weights[k] * terms[k]``; a term without a weight, or a weight without a term, is an error."""
+    missing, unused = set(terms) - set(weights), set(weights) - set(terms)
+    if missing or unused:
+        raise KeyError(f"loss terms {sorted(terms)} do not match loss weights {sorted(weights)}")
+    return sum(weights[k] * v for k, v in terms.items())

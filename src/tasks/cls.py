@@ -1,0 +1,123 @@
+"""Image classification: a torchvision ResNet; TDP on ``layer4``; top-1 accuracy."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+from src.config import ClsConfig
+from src.tasks.base import Normalize, frozen_critic
+
+_STAGES = ("layer1", "layer2", "layer3", "layer4")
+
+
+class Classifier(nn.Module):
+    """ImageNet normalisation + a torchvision ResNet, with its stage outputs exposed for the TDP loss."""
+
+    def __init__(self, net: torchvision.models.ResNet):
+        super().__init__()
+        self.normalize = Normalize()
+        self.net = net
+
+    def forward_features(self, x: torch.Tensor, upto: str = "fc") -> dict[str, torch.Tensor]:
+        net = self.net
+        x = net.maxpool(net.relu(net.bn1(net.conv1(self.normalize(x)))))
+        feats: dict[str, torch.Tensor] = {}
+        for name in _STAGES:
+            x = getattr(net, name)(x)  # layer4: (B, 512, H/32, W/32) for ResNet-18
+            feats[name] = x
+            if name == upto:
+                return feats
+        feats["fc"] = net.fc(torch.flatten(net.avgpool(x), 1))  # (B, num_classes)
+        return feats
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_features(x)["fc"]
+
+
+class ClassificationTask:
+    name = "cls"
+    primary_metric = "top1"
+
+    def __init__(self, cfg: ClsConfig, num_classes: int):
+        self.cfg, self.num_classes = cfg, num_classes
+        for layer in cfg.tdp_layers:
+            if layer not in _STAGES:
+                raise ValueError(f"cls.tdp_layers: unknown layer {layer!r}; choose from {list(_STAGES)}")
+
+    def build_model(self) -> nn.Module:
+        weights = None
+        if self.cfg.pretrained:
+            weights = torchvision.models.get_model_weights(self.cfg.arch).DEFAULT
+        try:
+            net = torchvision.models.get_model(self.cfg.arch, weights=weights)
+        except Exception as err:  # noqa: BLE001 - any download failure gets the same advice
+            raise RuntimeError(
+                f"cls.pretrained: could not load ImageNet weights for {self.cfg.arch} ({err}); "
+                "set cls.pretrained: false or place the weights in the torch hub cache"
+            ) from err
+        net.fc = nn.Linear(net.fc.in_features, self.num_classes)  # the 1000-way head is never reused
+        return Classifier(net)
+
+    def load_targets(self, split_dir: Path, names: Sequence[str]) -> list[int]:
+        path = split_dir / "labels.csv"
+        try:
+            with path.open(newline="") as f:
+                labels = {row["id"]: int(row["label"]) for row in csv.DictReader(f)}
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{path}: missing (classification labels)") from None
+        except (KeyError, ValueError) as err:
+            raise ValueError(f"{path}: expected columns id,label with integer labels ({err})") from None
+        out = []
+        for n in names:
+            if n not in labels:
+                raise KeyError(f"{path}: no label for image {n!r}")
+            if not 0 <= labels[n] < self.num_classes:
+                raise ValueError(f"{path}: image {n!r} has class id {labels[n]}, outside [0, {self.num_classes})")
+            out.append(labels[n])
+        return out
+
+    def collate_targets(self, targets: list[int]) -> torch.Tensor:
+        return torch.tensor(targets, dtype=torch.long)
+
+    def hflip_target(self, target: int, width: int) -> int:
+        return target
+
+    def losses(self, model: nn.Module, images: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"loss_ce": F.cross_entropy(model(images), target)}
+
+    def features(self, model: nn.Module, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        deepest = max(self.cfg.tdp_layers, key=_STAGES.index)
+        feats = model.forward_features(images, upto=deepest)
+        return {k: feats[k] for k in self.cfg.tdp_layers}
+
+    def predict(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+        return model(images).argmax(dim=1)
+
+    def new_metric(self) -> "Top1":
+        return Top1()
+
+    def frozen(self, model: nn.Module):
+        return frozen_critic(model)
+
+
+class Top1:
+    """Top-1 accuracy in percent over everything seen."""
+
+    def __init__(self) -> None:
+        self.correct = 0
+        self.total = 0
+
+    def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
+        self.correct += int((preds.cpu() == target.cpu()).sum())
+        self.total += int(target.numel())
+
+    def compute(self) -> dict[str, Any]:
+        return {"top1": 100.0 * self.correct / max(self.total, 1)}

@@ -1,0 +1,67 @@
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from src.config import ConfigError, Params, load_params, parse_params
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_repository_params_load_and_match_the_documented_defaults():
+    params = load_params(ROOT / "params.yaml")
+    assert params == Params()  # params.yaml spells out every default, so nothing is hidden in code
+
+
+@pytest.mark.parametrize(
+    ("override", "key", "fragment"),
+    [
+        ({"degrade": {"scale": 3}}, "degrade.scale", "2, 4 or 8"),
+        ({"train": {"sr4ir": {"tdp_weight": -0.5}}}, "train.sr4ir.tdp_weight", "greater than or equal to 0"),
+        ({"train": {"sr4ir": {"cqmix_p": 1.5}}}, "train.sr4ir.cqmix_p", "less than or equal to 1"),
+        ({"train": {"epochs": "many"}}, "train.epochs", "integer"),
+        ({"cls": {"optim": {"name": "sgd", "lr": 0.1, "eta_min": 0.5}}}, "cls.optim", "eta_min"),
+        ({"trian": {"epochs": 3}}, "trian", "unknown key"),
+        ({"train": {"sr4ir": {"tdp_wieght": 1.0}}}, "train.sr4ir.tdp_wieght", "unknown key"),
+        ({"tasks": ["classification"]}, "tasks.0", "'cls'"),
+    ],
+)
+def test_invalid_values_fail_naming_the_key(override, key, fragment):
+    with pytest.raises(ConfigError) as info:
+        parse_params(override, "params.yaml")
+    msg = str(info.value)
+    assert f"params.yaml: {key}" in msg
+    assert fragment in msg
+
+
+def test_crop_not_divisible_by_scale_is_rejected():
+    with pytest.raises(ConfigError, match=r"image_size \(66\) must be divisible by degrade.scale \(4\)"):
+        parse_params({"data": {"synthetic": {"image_size": 66}}})
+
+
+def test_warmup_must_leave_epochs_for_tdp():
+    with pytest.raises(ConfigError, match="warmup_epochs"):
+        parse_params({"train": {"epochs": 3, "sr4ir": {"warmup_epochs": 3}}})
+
+
+def test_params_are_frozen():
+    params = Params()
+    with pytest.raises(Exception):
+        params.seed = 3  # type: ignore[misc]
+
+
+def test_missing_file_and_bad_yaml_name_the_file(tmp_path):
+    with pytest.raises(ConfigError, match="nope.yaml: file not found"):
+        load_params(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [unclosed\n")
+    with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
+        load_params(bad)
+
+
+def test_digest_changes_with_any_value():
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    changed = copy.deepcopy(raw)
+    changed["train"]["sr4ir"]["tdp_weight"] = 0.5
+    assert parse_params(raw).digest() != parse_params(changed).digest()
