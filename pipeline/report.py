@@ -24,7 +24,7 @@ def main(args: argparse.Namespace) -> None:
         for m in TABLE_METHODS:
             h = read_json(paths.train_history(task, m))
             histories[m] = h["epochs"]
-            times[f"train@{task}-{m}"] = h["seconds"]
+            times[f"train {task}/{m}"] = h["seconds"]
         df = results_table(task, metrics, primary)
         fig = f"figures/{task}_results.png"
         with atomic_path(paths.REPORTS / fig) as tmp:

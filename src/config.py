@@ -35,7 +35,7 @@ class Strict(BaseModel):
 class SyntheticConfig(Strict):
     """The embedded generator (``src/data/synthetic.py``)."""
 
-    num_train: PosInt = 1500
+    num_train: PosInt = 1200
     num_val: PosInt = 500
     image_size: Annotated[int, Field(ge=16)] = 64
     max_objects: PosInt = 3
@@ -78,7 +78,7 @@ class OptimConfig(Strict):
 
 
 class PretrainSRConfig(Strict):
-    epochs: PosInt = 20
+    epochs: PosInt = 15
     batch_size: PosInt = 32
     optim: OptimConfig = OptimConfig(name="adamw", lr=5.0e-4, eta_min=1.0e-6)
 
@@ -123,7 +123,7 @@ class SR4IRConfig(Strict):
 
 
 class TrainConfig(Strict):
-    epochs: PosInt = 8
+    epochs: PosInt = 6
     batch_size: PosInt = 32
     sr_optim: OptimConfig = OptimConfig(name="adamw", lr=2.0e-4, eta_min=1.0e-6)
     h2t: RecogniserOnly = RecogniserOnly()
