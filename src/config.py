@@ -148,6 +148,54 @@ class EvalConfig(Strict):
     psnr_crop_border: NonNegInt = 4  # pixels cut from each side before PSNR (the paper uses 8 on 224-480 px)
 
 
+class SearchRange(Strict):
+    low: float
+    high: float
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "SearchRange":
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log-scale range needs low > 0, got {self.low}")
+        return self
+
+
+class PrunerConfig(Strict):
+    name: Literal["median", "none"] = "median"
+    n_startup_trials: NonNegInt = 2  # trials that always run to the end before pruning starts
+    n_warmup_steps: NonNegInt = 2  # first epoch at which a trial may be pruned (> the TDP warm-up)
+
+
+class TuneConfig(Strict):
+    """``python -m src.tune``: a shortened SR4IR budget per trial and the search space."""
+
+    epochs: PosInt = 4
+    warmup_epochs: NonNegInt = 1
+    data_fraction: Annotated[float, Field(gt=0.0, le=1.0)] = 0.5  # share of the train split each trial sees
+    tdp_weight: SearchRange = SearchRange(low=0.01, high=10.0, log=True)
+    cqmix_p: SearchRange = SearchRange(low=0.0, high=1.0)
+    cqmix_grid: list[PosInt] = []  # e.g. [2, 4, 8] to tune the grid too; empty keeps cls.cqmix_grid
+    sampler_seed: int = 0
+    pruner: PrunerConfig = PrunerConfig()
+
+    @model_validator(mode="after")
+    def _budget(self) -> "TuneConfig":
+        if self.warmup_epochs >= self.epochs:
+            raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must be below epochs ({self.epochs})")
+        if self.pruner.name != "none" and self.pruner.n_warmup_steps <= self.warmup_epochs:
+            raise ValueError(
+                f"pruner.n_warmup_steps ({self.pruner.n_warmup_steps}) must exceed warmup_epochs "
+                f"({self.warmup_epochs}): epochs count from 1, and a trial is first judged once TDP is on"
+            )
+        if self.cqmix_p.low < 0 or self.cqmix_p.high > 1:
+            raise ValueError("cqmix_p range must lie within [0, 1]")
+        if self.tdp_weight.low < 0:
+            raise ValueError("tdp_weight range must be non-negative")
+        return self
+
+
 class Params(Strict):
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -159,6 +207,7 @@ class Params(Strict):
     cls: ClsConfig = ClsConfig()
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
+    tune: TuneConfig = TuneConfig()
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "Params":

@@ -28,9 +28,9 @@ class TrainResult:
     seconds: float
 
 
-def _loaders(params: Params, task, raw: Path, lr: Path, batch_size: int, generator: torch.Generator):
+def _loaders(params: Params, task, raw: Path, lr: Path, batch_size: int, generator: torch.Generator, train_fraction: float = 1.0):
     data = params.data
-    train_ds = PairedDataset(raw, lr, "train", task, hflip=data.hflip)
+    train_ds = PairedDataset(raw, lr, "train", task, hflip=data.hflip, fraction=train_fraction)
     val_ds = PairedDataset(raw, lr, "val", task)
     return (
         make_loader(train_ds, batch_size, True, data.num_workers, generator),
@@ -64,8 +64,9 @@ def train_method(
     sr_init: Path | None = None,
     rec_init: Path | None = None,
     callbacks: Sequence[Callback] = (),
+    train_fraction: float = 1.0,
 ) -> TrainResult:
-    """Train one method of Table 1 for one task."""
+    """Train one method of Table 1 for one task (on the first ``train_fraction`` of the train split)."""
     method = METHODS[method_name]
     if method.sr_from_pretrained and sr_init is None:
         raise ValueError(f"method {method_name} starts from the pretrained SR network: pass its path")
@@ -74,7 +75,7 @@ def train_method(
     device = resolve_device(params.device)
     generator = seed_everything(params.seed)
     task = build_task(task_name, params, raw)
-    train_loader, val_loader = _loaders(params, task, raw, lr, params.train.batch_size, generator)
+    train_loader, val_loader = _loaders(params, task, raw, lr, params.train.batch_size, generator, train_fraction)
     setup = build_setup(method, params, task, sr_init, rec_init, device, mix_seed=params.seed + 1)
     warmup = params.train.sr4ir.warmup_epochs if method.step == "alternate" else 0
     t0 = time.perf_counter()

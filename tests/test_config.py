@@ -45,6 +45,13 @@ def test_warmup_must_leave_epochs_for_tdp():
         parse_params({"train": {"epochs": 3, "sr4ir": {"warmup_epochs": 3}}})
 
 
+def test_tuning_budget_is_validated():
+    with pytest.raises(ConfigError, match="n_warmup_steps"):
+        parse_params({"tune": {"warmup_epochs": 2, "pruner": {"n_warmup_steps": 2}}})
+    with pytest.raises(ConfigError, match="tune.tdp_weight: .*log-scale"):
+        parse_params({"tune": {"tdp_weight": {"low": 0.0, "high": 1.0, "log": True}}})
+
+
 def test_params_are_frozen():
     params = Params()
     with pytest.raises(Exception):

@@ -23,12 +23,15 @@ class Batch:
 class PairedDataset(Dataset):
     """HR images from ``raw/<split>/images``, LR twins from ``lr/<split>``, targets via the task."""
 
-    def __init__(self, raw: Path, lr: Path, split: str, task: Task | None, hflip: bool = False, limit: int | None = None):
-        """``task=None`` gives image pairs only (SR pre-training): targets are ``None``."""
+    def __init__(self, raw: Path, lr: Path, split: str, task: Task | None, hflip: bool = False, fraction: float = 1.0):
+        """``task=None`` gives image pairs only (SR pre-training): targets are ``None``.
+
+        ``fraction`` keeps a fixed prefix of the split (its order is already random), for short tuning runs.
+        """
         self.hr_dir, self.lr_dir = raw / split / "images", lr / split
         self.names = sorted(p.stem for p in self.hr_dir.glob("*.png"))
-        if limit is not None:
-            self.names = self.names[:limit]
+        if fraction < 1.0:
+            self.names = self.names[: max(1, round(fraction * len(self.names)))]
         if not self.names:
             raise FileNotFoundError(f"{self.hr_dir}: the '{split}' split is empty")
         self.task, self.hflip = task, hflip

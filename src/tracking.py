@@ -1,0 +1,126 @@
+"""MLflow at the edge: the only module that imports mlflow.
+
+Runs are created with explicit ids through ``MlflowClient`` (no global "active run"), so parents and
+children can live in different processes. The store is ``MLFLOW_TRACKING_URI`` when set, otherwise
+``sqlite:///mlflow.db`` in the working directory (the repository root), which is what ``mlflow ui``
+opens there with no flags. A tracking failure (server down, database locked) warns once and turns
+tracking off for the process; it never stops training, and the DVC metrics files keep every number.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def default_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+class Tracker:
+    """A thin, failure-tolerant wrapper over ``MlflowClient``; every method returns quietly when disabled."""
+
+    def __init__(self, experiment: str, uri: str | None = None, enabled: bool = True):
+        self.enabled = enabled
+        self.client = None
+        self.experiment_id: str | None = None
+        if not enabled:
+            return
+        self._guard(self._connect, experiment, uri or default_uri())
+
+    def _connect(self, experiment: str, uri: str) -> None:
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")  # an unreachable server fails fast
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+        from mlflow.tracking import MlflowClient
+
+        self.client = MlflowClient(tracking_uri=uri)
+        exp = self.client.get_experiment_by_name(experiment)
+        self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(experiment)
+
+    def _guard(self, fn, *args, **kwargs):
+        if not self.enabled:
+            return None
+        try:
+            return fn(*args, **kwargs)
+        except Exception as err:  # noqa: BLE001 - tracking must never stop the work
+            log.warning("MLflow tracking disabled for this process: %s: %s", type(err).__name__, err)
+            self.enabled = False
+            return None
+
+    def start_run(self, name: str, tags: Mapping[str, str] | None = None, params: Mapping[str, Any] | None = None,
+                  parent_run_id: str | None = None) -> str | None:
+        def _start() -> str:
+            all_tags = dict(tags or {})
+            if parent_run_id:
+                all_tags["mlflow.parentRunId"] = parent_run_id
+            run = self.client.create_run(self.experiment_id, run_name=name, tags=all_tags)
+            if params:
+                from mlflow.entities import Param
+
+                items = [Param(k, str(v)[:6000]) for k, v in flatten(params).items()]
+                for i in range(0, len(items), 100):
+                    self.client.log_batch(run.info.run_id, params=items[i:i + 100])
+            return run.info.run_id
+
+        return self._guard(_start)
+
+    def find_run(self, tags: Mapping[str, str]) -> str | None:
+        """The newest run carrying all ``tags`` (e.g. the parent run of an Optuna study)."""
+
+        def _find() -> str | None:
+            query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+            runs = self.client.search_runs([self.experiment_id], filter_string=query, max_results=1,
+                                           order_by=["attributes.start_time DESC"])
+            return runs[0].info.run_id if runs else None
+
+        return self._guard(_find)
+
+    def log_metrics(self, run_id: str | None, metrics: Mapping[str, float], step: int) -> None:
+        if run_id is None:
+            return
+
+        def _log() -> None:
+            from mlflow.entities import Metric
+
+            now = int(time.time() * 1000)
+            items = [Metric(k, float(v), now, step) for k, v in metrics.items()
+                     if isinstance(v, (int, float)) and math.isfinite(float(v))]
+            self.client.log_batch(run_id, metrics=items)
+
+        self._guard(_log)
+
+    def set_tags(self, run_id: str | None, tags: Mapping[str, str]) -> None:
+        if run_id is not None:
+            self._guard(lambda: [self.client.set_tag(run_id, k, str(v)) for k, v in tags.items()])
+
+    def end_run(self, run_id: str | None, status: str = "FINISHED") -> None:
+        if run_id is not None:
+            self._guard(self.client.set_terminated, run_id, status)
+
+
+class EpochLogger:
+    """Training callback: per-epoch metrics of one run."""
+
+    def __init__(self, tracker: Tracker, run_id: str | None):
+        self.tracker, self.run_id = tracker, run_id
+
+    def on_epoch_end(self, epoch: int, metrics: Mapping[str, float]) -> None:
+        self.tracker.log_metrics(self.run_id, metrics, step=epoch)

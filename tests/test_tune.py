@@ -1,0 +1,170 @@
+"""`python -m src.tune`: resume, workers, failures, pruning, --apply, MLflow nesting, on tiny data."""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import difflib
+import os
+import shutil
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+import yaml
+
+from src import tune
+from src.config import parse_params
+from src.experiment import TrainResult
+from src.models.sr import build_sr
+from src.tracking import Tracker
+from tests.conftest import TINY
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_TUNE = {"epochs": 2, "warmup_epochs": 1, "data_fraction": 1.0,
+             "pruner": {"name": "median", "n_startup_trials": 1, "n_warmup_steps": 2}}
+
+
+@pytest.fixture()
+def env(tmp_path, tiny_data, tiny_params):
+    raw, lr = tiny_data
+    params = copy.deepcopy(TINY) | {"tune": TINY_TUNE}
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    sr_init = tmp_path / "sr.pt"
+    torch.save(build_sr(tiny_params.sr, tiny_params.degrade.scale).state_dict(), sr_init)
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    args = ["--params", str(path), "--raw", str(raw), "--lr", str(lr), "--sr-init", str(sr_init),
+            "--storage", storage, "--out", str(tmp_path / "out"), "--no-mlflow"]
+    return argparse.Namespace(args=args, storage=storage, tmp=tmp_path, params=path, raw=raw, lr=lr, sr_init=sr_init)
+
+
+def _study(storage: str, name: str = "sr4ir-cls-x4-synthetic") -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def test_three_trials_then_resume_to_six(env):
+    assert tune.main([*env.args, "--n-trials", "3"]) == 0
+    study = _study(env.storage)
+    assert len(study.trials) == 3
+    assert study.trials[0].params == tune.PAPER_DEFAULT  # the paper's setting runs first
+    out = env.tmp / "out"
+    summary = yaml.safe_load((out / "best_params.yaml").read_text())
+    assert summary["n_trials"] == 3 and set(summary["best"][0]["params"]) == {"tdp_weight", "cqmix_p"}
+    assert len((out / "trials.csv").read_text().strip().splitlines()) == 4
+    assert (out / "history.png").stat().st_size > 1000
+    assert tune.main([*env.args, "--n-trials", "3"]) == 0
+    study = _study(env.storage)
+    assert len(study.trials) == 6
+    assert sum(t.params == tune.PAPER_DEFAULT for t in study.trials) == 1  # not queued again on resume
+
+
+def test_two_workers_share_one_study_exactly(env):
+    assert tune.main([*env.args, "--n-trials", "4", "--workers", "2"]) == 0
+    trials = _study(env.storage).trials
+    assert len(trials) == 4
+    assert sorted(t.number for t in trials) == [0, 1, 2, 3]
+    assert all(t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED) for t in trials)
+
+
+def test_max_trials_caps_the_study(env):
+    assert tune.main([*env.args, "--n-trials", "5", "--max-trials", "2"]) == 0
+    assert len(_study(env.storage).trials) == 2
+
+
+def _objective(env, train_fn, objectives=("task",)):
+    raw = yaml.safe_load(env.params.read_text())
+    paths = argparse.Namespace(raw=env.raw, lr=env.lr, sr_init=env.sr_init)
+    return tune.Objective(raw, "cls", list(objectives), paths, Tracker("x", enabled=False), None, train_fn)
+
+
+def test_a_nan_trial_is_marked_failed_and_the_study_goes_on(env):
+    params = parse_params(yaml.safe_load(env.params.read_text()))
+    study = tune.open_study("nan", tune.storage_for(env.storage), params, 1)
+
+    def train_fn(p, *args, callbacks=(), **kwargs):
+        if p.train.sr4ir.tdp_weight > 5:
+            raise FloatingPointError("non-finite SR4IR phase-1 loss (nan)")
+        return TrainResult({}, [{"epoch": 1, "val/top1": 50.0, "val/psnr": 20.0}], 0.0)
+
+    study.enqueue_trial({"tdp_weight": 1.0, "cqmix_p": 0.5})
+    study.enqueue_trial({"tdp_weight": 9.0, "cqmix_p": 0.5})
+    study.enqueue_trial({"tdp_weight": 2.0, "cqmix_p": 0.5})
+    tune.optimize(study, _objective(env, train_fn), 3, None)
+    states = [t.state for t in study.trials]
+    assert states == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE]
+    assert "nan" in study.trials[1].user_attrs["fail_reason"]
+
+
+def test_pruning_stops_an_obviously_bad_trial(env):
+    params = parse_params(yaml.safe_load(env.params.read_text()))
+    study = tune.open_study("prune", tune.storage_for(env.storage), params, 1)
+    epochs_run = []
+
+    def train_fn(p, *args, callbacks=(), **kwargs):
+        good = p.train.sr4ir.cqmix_p < 0.9
+        history = []
+        for epoch in range(1, 5):
+            record = {"epoch": epoch, "val/top1": 80.0 + epoch if good else 5.0, "val/psnr": 20.0}
+            history.append(record)
+            epochs_run.append((good, epoch))
+            for cb in callbacks:
+                cb.on_epoch_end(epoch, record)
+        return TrainResult({}, history, 0.0)
+
+    for p in (0.1, 0.2, 0.95):
+        study.enqueue_trial({"tdp_weight": 1.0, "cqmix_p": p})
+    tune.optimize(study, _objective(env, train_fn), 3, None)
+    assert [t.state for t in study.trials][-1] == optuna.trial.TrialState.PRUNED
+    assert max(e for good, e in epochs_run if not good) == 2  # judged right after the warm-up step, not later
+
+
+def test_apply_changes_exactly_the_two_params_and_keeps_comments(tmp_path):
+    path = tmp_path / "params.yaml"
+    shutil.copy(ROOT / "params.yaml", path)
+    before = path.read_text()
+    changed = tune.apply_best(path, {"tdp_weight": 0.37, "cqmix_p": 0.81}, "cls")
+    after = path.read_text()
+    assert changed == ["train.sr4ir.tdp_weight", "train.sr4ir.cqmix_p"]
+    diff = [l for l in difflib.unified_diff(before.splitlines(), after.splitlines(), lineterm="", n=0)
+            if l[:1] in "+-" and not l.startswith(("+++", "---"))]
+    assert sorted(diff) == sorted(["-    tdp_weight: 1.0", "+    tdp_weight: 0.37", "-    cqmix_p: 0.5", "+    cqmix_p: 0.81"])
+    new = parse_params(yaml.safe_load(after))
+    assert new.train.sr4ir.tdp_weight == 0.37 and new.train.sr4ir.cqmix_p == 0.81
+
+
+def test_apply_after_a_study_and_bad_flags(env):
+    assert tune.main([*env.args, "--n-trials", "1", "--apply"]) == 0
+    assert parse_params(yaml.safe_load(env.params.read_text())).train.sr4ir.tdp_weight == 1.0  # only trial = default
+    assert tune.main([*env.args, "--n-trials", "-1"]) == 2
+    assert tune.main([*env.args, "--n-trials", "1", "--sr-init", str(env.tmp / "missing.pt")]) == 2
+
+
+def test_two_objectives_and_mlflow_nesting(env, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{env.tmp / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    args = [a for a in env.args if a != "--no-mlflow"]
+    assert tune.main([*args, "--n-trials", "2", "--objectives", "task,psnr"]) == 0
+    summary = yaml.safe_load((env.tmp / "out" / "best_params.yaml").read_text())
+    assert summary["objectives"] == ["task", "psnr"] and summary["pareto_front"]
+    assert (env.tmp / "out" / "pareto_front.png").exists()
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("sr4ir-tune")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    assert len(parents) == 1 and len(children) == 2
+    assert all(r.data.tags["optuna.state"] == "COMPLETE" and "tdp_weight" in r.data.params for r in children)
+    history = client.get_metric_history(children[0].info.run_id, "val/top1")
+    assert [m.step for m in history] == [1, 2]  # per-epoch metrics
+
+
+def test_unreachable_tracking_server_never_stops_a_trial(env, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # nothing listens on the discard port
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    args = [a for a in env.args if a != "--no-mlflow"]
+    assert tune.main([*args, "--n-trials", "1"]) == 0
+    assert _study(env.storage).trials[0].state == optuna.trial.TrialState.COMPLETE
