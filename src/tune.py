@@ -33,6 +33,7 @@ import os
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -182,15 +183,24 @@ def seed_paper_default(study: optuna.Study, params: Params) -> None:
     study.set_user_attr("optuna_version", optuna.__version__)
 
 
+def log_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    """One line per finished trial, so a long study shows where it is."""
+    value = "" if trial.values is None else " ".join(f"{v:.2f}" for v in trial.values)
+    reason = trial.user_attrs.get("fail_reason", "")
+    seconds = trial.duration.total_seconds() if trial.duration else float("nan")
+    log.info("trial %d %s %s %s (%.0f s) %s", trial.number, trial.state.name, value,
+             {k: round(v, 4) if isinstance(v, float) else v for k, v in trial.params.items()}, seconds, reason)
+
+
 def optimize(study: optuna.Study, objective: Objective, n_trials: int, max_trials: int | None) -> None:
-    callbacks = []
+    callbacks: list[Any] = [log_trial]
     if max_trials is not None:
         callbacks.append(optuna.study.MaxTrialsCallback(max_trials, states=None))
         done = sum(t.state != optuna.trial.TrialState.WAITING for t in study.trials)  # queued ones run below
         n_trials = max(0, min(n_trials, max_trials - done))
     if n_trials:
         study.optimize(objective, n_trials=n_trials, callbacks=callbacks, gc_after_trial=True,
-                       catch=(FloatingPointError, torch.OutOfMemoryError))
+                       catch=(FloatingPointError, torch.OutOfMemoryError), show_progress_bar=sys.stderr.isatty())
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -316,6 +326,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats, matplotlib plots
     try:
         params = load_params(args.params)
         _validate(args, params)
