@@ -6,11 +6,14 @@ import logging
 from pipeline import _stage, paths
 from src.config import load_params
 from src.data.degrade import degrade_folder
+from src.tracking import stage_run
 
 
 def main(args: argparse.Namespace) -> None:
     params = load_params()
-    n = degrade_folder(paths.RAW, paths.LR, params.degrade)
+    with stage_run("degrade", params) as run:
+        n = degrade_folder(paths.RAW, paths.LR, params.degrade)
+        run.log_metrics({"images": n})
     logging.info("degrade: %d images at x%d -> %s", n, params.degrade.scale, paths.LR)
 
 

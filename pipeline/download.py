@@ -9,11 +9,14 @@ import logging
 from pipeline import _stage, paths
 from src.config import load_params
 from src.data.prepare import prepare_dataset
+from src.tracking import stage_run
 
 
 def main(args: argparse.Namespace) -> None:
     params = load_params()
-    counts = prepare_dataset(params.data, paths.RAW)
+    with stage_run("download", params) as run:
+        counts = prepare_dataset(params.data, paths.RAW)
+        run.log_metrics({f"images/{k}": v for k, v in counts.items()})
     logging.info("download: %s -> %s (%s)", params.data.name, paths.RAW, counts)
 
 

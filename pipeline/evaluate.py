@@ -8,13 +8,18 @@ from src.config import load_params
 from src.experiment import evaluate_method
 from src.methods import TABLE_METHODS
 from src.tasks import TASKS
+from src.tracking import stage_run
 from src.utils import write_json_atomic
 
 
 def main(args: argparse.Namespace) -> None:
     params = load_params()
-    metrics = evaluate_method(params, args.task, args.method, paths.RAW, paths.LR, paths.model_dir(args.task, args.method))
-    write_json_atomic(paths.eval_metrics(args.task, args.method), metrics)
+    with stage_run(f"evaluate/{args.task}/{args.method}", params, task=args.task, method=args.method) as run:
+        metrics = evaluate_method(params, args.task, args.method, paths.RAW, paths.LR, paths.model_dir(args.task, args.method))
+        out = paths.eval_metrics(args.task, args.method)
+        write_json_atomic(out, metrics)
+        run.log_metrics({f"val/{k}": v for k, v in metrics.items()})
+        run.log_artifact(out)
     logging.info("evaluate %s/%s: %s", args.task, args.method, metrics)
 
 

@@ -6,14 +6,18 @@ import logging
 from pipeline import _stage, paths
 from src.config import load_params
 from src.experiment import pretrain_sr
+from src.tracking import stage_run
 from src.utils import save_torch_atomic, write_json_atomic
 
 
 def main(args: argparse.Namespace) -> None:
     params = load_params()
-    result = pretrain_sr(params, paths.RAW, paths.LR)
-    save_torch_atomic(paths.SR_PRETRAINED, result.states["sr"])
-    write_json_atomic(paths.PRETRAIN_HISTORY, {"seconds": result.seconds, "epochs": result.history})
+    with stage_run("pretrain_sr", params, method="sr_pretrain") as run:
+        result = pretrain_sr(params, paths.RAW, paths.LR, callbacks=[run.callback])
+        save_torch_atomic(paths.SR_PRETRAINED, result.states["sr"])
+        write_json_atomic(paths.PRETRAIN_HISTORY, {"seconds": result.seconds, "epochs": result.history})
+        run.tag_outputs([paths.SR_PRETRAINED])
+        run.log_artifact(paths.PRETRAIN_HISTORY)
     logging.info("pretrain_sr: val PSNR %.2f dB in %.0f s", result.history[-1]["val/psnr"], result.seconds)
 
 

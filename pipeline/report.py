@@ -10,11 +10,19 @@ from src.config import load_params
 from src.methods import TABLE_METHODS
 from src.report import ordering_check, plot_results, render_markdown, results_table
 from src.tasks import TASKS
+from src.tracking import stage_run
 from src.utils import atomic_path, read_json, write_text_atomic
 
 
 def main(args: argparse.Namespace) -> None:
     params = load_params()
+    with stage_run("report", params) as run:
+        _report(params)
+        for f in ("report.md", "results.csv"):
+            run.log_artifact(paths.REPORTS / f)
+
+
+def _report(params) -> None:
     times = {"pretrain_sr": read_json(paths.PRETRAIN_HISTORY)["seconds"]}
     sections, frames = [], []
     for task in params.tasks:

@@ -10,26 +10,33 @@ from src.config import load_params
 from src.experiment import train_method
 from src.methods import METHODS, TABLE_METHODS
 from src.tasks import TASKS
+from src.tracking import stage_run
 from src.utils import atomic_path, write_json_atomic
 
 
 def main(args: argparse.Namespace) -> None:
     params = load_params()
     method = METHODS[args.method]
-    result = train_method(
-        params,
-        args.task,
-        args.method,
-        paths.RAW,
-        paths.LR,
-        sr_init=paths.SR_PRETRAINED if method.sr_from_pretrained else None,
-        rec_init=paths.model_dir(args.task, method.rec_from) / "rec.pt" if method.rec_from else None,
-    )
-    with atomic_path(paths.model_dir(args.task, args.method)) as tmp:
-        tmp.mkdir()
-        for name, state in result.states.items():  # sr.pt (when the method has an SR network), rec.pt
-            torch.save(state, tmp / f"{name}.pt")
-    write_json_atomic(paths.train_history(args.task, args.method), {"seconds": result.seconds, "epochs": result.history})
+    out = paths.model_dir(args.task, args.method)
+    with stage_run(f"train/{args.task}/{args.method}", params, task=args.task, method=args.method) as run:
+        result = train_method(
+            params,
+            args.task,
+            args.method,
+            paths.RAW,
+            paths.LR,
+            sr_init=paths.SR_PRETRAINED if method.sr_from_pretrained else None,
+            rec_init=paths.model_dir(args.task, method.rec_from) / "rec.pt" if method.rec_from else None,
+            callbacks=[run.callback],
+        )
+        with atomic_path(out) as tmp:
+            tmp.mkdir()
+            for name, state in result.states.items():  # sr.pt (when the method has an SR network), rec.pt
+                torch.save(state, tmp / f"{name}.pt")
+        history = paths.train_history(args.task, args.method)
+        write_json_atomic(history, {"seconds": result.seconds, "epochs": result.history})
+        run.tag_outputs(sorted(out.glob("*.pt")))
+        run.log_artifact(history)
     logging.info("train %s/%s: %.0f s, last epoch %s", args.task, args.method, result.seconds, result.history[-1])
 
 

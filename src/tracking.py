@@ -124,3 +124,100 @@ class EpochLogger:
 
     def on_epoch_end(self, epoch: int, metrics: Mapping[str, float]) -> None:
         self.tracker.log_metrics(self.run_id, metrics, step=epoch)
+
+
+# ---------------------------------------------------------------------------------------------------
+# DVC stages: one parent run per `dvc repro` / `dvc exp run`, one child run per stage that runs.
+
+
+def _git(*args: str) -> str:
+    import subprocess
+
+    try:
+        return subprocess.run(["git", *args], capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def dvc_invocation_key() -> str | None:
+    """Identify the `dvc repro` process this stage runs under: '<pid>-<start time>' of the nearest `dvc`
+    ancestor (Linux /proc), so every stage of one invocation finds the same parent run. None when the
+    stage was started by hand or /proc is unavailable."""
+    pid = os.getppid()
+    for _ in range(10):
+        try:
+            argv = [a.decode(errors="replace") for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if a]
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            return None
+        names = [Path(a).name for a in argv[:3]]
+        if "dvc" in names or ("-m" in argv[:3] and "dvc" in argv[:4]):
+            return f"{pid}-{fields[19]}"  # field 22 of /proc/<pid>/stat: start time in clock ticks
+        ppid = int(fields[1])
+        if ppid <= 1:
+            return None
+        pid = ppid
+    return None
+
+
+def file_md5(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.md5()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class StageRun:
+    """The MLflow run of one DVC stage; a no-op shell when tracking is off or failing."""
+
+    def __init__(self, tracker: Tracker, run_id: str | None):
+        self.tracker, self.run_id = tracker, run_id
+        self.callback = EpochLogger(tracker, run_id)
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
+        self.tracker.log_metrics(self.run_id, metrics, step)
+
+    def log_artifact(self, path: Path, folder: str | None = None) -> None:
+        if self.run_id is not None:
+            self.tracker._guard(self.tracker.client.log_artifact, self.run_id, str(path), folder)
+
+    def tag_outputs(self, paths: list[Path]) -> None:
+        """Model weights stay in DVC: record their md5 (DVC's file hash), not a second copy."""
+        self.tracker.set_tags(self.run_id, {f"dvc.md5.{p.name}": file_md5(p) for p in paths if p.is_file()})
+
+
+def stage_run(stage: str, params: Any, *, task: str = "", method: str = "", experiment: str = "sr4ir"):
+    """Context manager: a child run named ``stage`` under this `dvc repro`'s parent run."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def _cm():
+        tracker = Tracker(experiment, enabled=os.environ.get("SR4IR_TRACKING", "1") != "0")
+        commit = _git("rev-parse", "HEAD") or "unknown"
+        dirty = "true" if _git("status", "--porcelain", "--untracked-files=no") else "false"
+        common = {"git.commit": commit, "git.dirty": dirty, "dvc.exp_name": os.environ.get("DVC_EXP_NAME", "")}
+        parent = None
+        key = dvc_invocation_key()
+        if key and tracker.enabled:
+            parent = tracker.find_run({"sr4ir.pipeline_key": key})
+            if parent is None:
+                name = f"pipeline/{time.strftime('%Y-%m-%d %H:%M:%S')}"
+                parent = tracker.start_run(name, tags={"sr4ir.pipeline_key": key, **common})
+                tracker.end_run(parent)  # children attach later; the parent holds no work of its own
+        tags = {**common, "dvc.stage": stage, "params.hash": params.digest(), "task": task, "method": method,
+                "scale": str(params.degrade.scale), "seed": str(params.seed)}
+        run_id = tracker.start_run(stage, tags=tags, params=params.model_dump(mode="json"), parent_run_id=parent)
+        run = StageRun(tracker, run_id)
+        t0 = time.perf_counter()
+        try:
+            yield run
+        except BaseException:
+            tracker.end_run(run_id, "FAILED")
+            raise
+        run.log_metrics({"time/stage_s": time.perf_counter() - t0})
+        tracker.end_run(run_id, "FINISHED")
+
+    return _cm()

@@ -31,9 +31,14 @@ def SKIP(folder: str, names: list[str]) -> set[str]:
     return skipped
 
 
-def _run(args: list[str], cwd: Path) -> str:
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    out = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+def _env(cwd: Path, **extra: str) -> dict[str, str]:
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+               MLFLOW_TRACKING_URI=f"sqlite:///{cwd / 'mlflow.db'}")
+    return env | extra
+
+
+def _run(args: list[str], cwd: Path, **extra: str) -> str:
+    out = subprocess.run(args, cwd=cwd, env=_env(cwd, **extra), capture_output=True, text=True)
     assert out.returncode == 0, f"{' '.join(args)} failed:\n{out.stdout}\n{out.stderr}"
     return out.stdout + out.stderr
 
@@ -81,11 +86,51 @@ def test_repro_writes_every_method_and_the_report(project):
     assert (project / "reports/figures/cls_results.png").stat().st_size > 1000
 
 
+def _runs(project: Path):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("sr4ir")
+    return client, client.search_runs([exp.experiment_id], max_results=1000)
+
+
+STAGE_RUNS = {"download", "degrade", "pretrain_sr", *(f"{s}/cls/{m}" for s in ("train", "evaluate") for m in METHODS), "report"}
+
+
+@pytest.mark.slow
+def test_one_parent_run_per_repro_with_a_tagged_child_per_stage(project):
+    client, runs = _runs(project)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1 and parents[0].info.run_name.startswith("pipeline/")
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    assert {r.info.run_name for r in children} == STAGE_RUNS
+    sr4ir = next(r for r in children if r.info.run_name == "train/cls/sr4ir")
+    tags = sr4ir.data.tags
+    assert tags["task"] == "cls" and tags["method"] == "sr4ir" and tags["scale"] == "4" and tags["seed"] == "0"
+    assert {"git.commit", "git.dirty", "params.hash", "dvc.stage", "dvc.md5.sr.pt", "dvc.md5.rec.pt"} <= set(tags)
+    assert sr4ir.data.params["train.sr4ir.tdp_weight"] == "1.0"  # flattened params
+    steps = [m.step for m in client.get_metric_history(sr4ir.info.run_id, "train/loss_tdp")]
+    assert steps == [2]  # TDP after the 1-epoch warm-up, logged per epoch
+    assert [m.step for m in client.get_metric_history(sr4ir.info.run_id, "val/top1")] == [1, 2]
+
+
 @pytest.mark.slow
 def test_second_repro_does_nothing(project):
+    _, before = _runs(project)
     out = _dvc("repro", cwd=project)
     assert "Running stage" not in out
     assert "up to date" in _dvc("status", cwd=project)
+    _, after = _runs(project)
+    assert len(after) == len(before)  # nothing ran, nothing logged
+
+
+@pytest.mark.slow
+def test_unreachable_tracking_server_never_fails_a_stage(project):
+    out_file = project / "metrics/eval/cls/h2t.json"
+    out_file.unlink()
+    _run([sys.executable, "-m", "pipeline.evaluate", "--task", "cls", "--method", "h2t"], project,
+         MLFLOW_TRACKING_URI="http://127.0.0.1:9", MLFLOW_HTTP_REQUEST_MAX_RETRIES="0")
+    assert json.loads(out_file.read_text())["top1"] >= 0.0
 
 
 @pytest.mark.slow
@@ -101,7 +146,7 @@ def test_changing_the_tdp_weight_reruns_only_sr4ir_its_evaluation_and_the_report
 
 @pytest.mark.slow
 def test_bad_params_fail_before_work_naming_the_key(project):
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    env = _env(project)
     bad = project / "bad"
     shutil.copytree(project, bad, ignore=shutil.ignore_patterns("bad"))
     text = (bad / "params.yaml").read_text().replace("scale: 4", "scale: 3")
