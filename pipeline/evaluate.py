@@ -1,7 +1,11 @@
 """DVC stage `evaluate@<task>-<method>`: task metric and PSNR of one trained method on the val split."""
 
 import argparse
+import io
+import json
 import logging
+
+import numpy as np
 
 from pipeline import _stage, paths
 from src.config import load_params
@@ -9,15 +13,21 @@ from src.experiment import evaluate_method
 from src.methods import TABLE_METHODS
 from src.tasks import TASKS
 from src.tracking import stage_run
-from src.utils import write_json_atomic
+from src.utils import atomic_path, write_json_atomic
 
 
 def main(args: argparse.Namespace) -> None:
     params = load_params()
     with stage_run(f"evaluate/{args.task}/{args.method}", params, task=args.task, method=args.method) as run:
-        metrics = evaluate_method(params, args.task, args.method, paths.RAW, paths.LR, paths.model_dir(args.task, args.method))
+        metrics, samples = evaluate_method(params, args.task, args.method, paths.RAW, paths.LR,
+                                           paths.model_dir(args.task, args.method), n_samples=params.eval.n_samples)
         out = paths.eval_metrics(args.task, args.method)
         write_json_atomic(out, metrics)
+        class_names = json.loads((paths.RAW / "classes.json").read_text())
+        with atomic_path(paths.eval_samples(args.task, args.method)) as tmp:
+            buf = io.BytesIO()
+            np.savez_compressed(buf, class_names=np.array(class_names), **samples)
+            tmp.write_bytes(buf.getvalue())
         run.log_metrics({f"val/{k}": v for k, v in metrics.items()})
         run.log_artifact(out)
     logging.info("evaluate %s/%s: %s", args.task, args.method, metrics)

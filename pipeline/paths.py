@@ -19,3 +19,7 @@ def train_history(task: str, method: str) -> Path:
 
 def eval_metrics(task: str, method: str) -> Path:
     return Path("metrics/eval") / task / f"{method}.json"
+
+
+def eval_samples(task: str, method: str) -> Path:
+    return Path("samples") / task / f"{method}.npz"

@@ -3,12 +3,14 @@
 import argparse
 import logging
 
+import numpy as np
+
 import pandas as pd
 
 from pipeline import _stage, paths
 from src.config import load_params
 from src.methods import TABLE_METHODS
-from src.report import ordering_check, plot_results, render_markdown, results_table
+from src.report import ordering_check, plot_qualitative, plot_results, render_html, render_markdown, results_table
 from src.tasks import TASKS
 from src.tracking import stage_run
 from src.utils import atomic_path, read_json, write_text_atomic
@@ -18,7 +20,7 @@ def main(args: argparse.Namespace) -> None:
     params = load_params()
     with stage_run("report", params) as run:
         _report(params)
-        for f in ("report.md", "results.csv"):
+        for f in ("report.md", "report.html", "results.csv"):
             run.log_artifact(paths.REPORTS / f)
 
 
@@ -34,13 +36,18 @@ def _report(params) -> None:
             histories[m] = h["epochs"]
             times[f"train {task}/{m}"] = h["seconds"]
         df = results_table(task, metrics, primary)
-        fig = f"figures/{task}_results.png"
-        with atomic_path(paths.REPORTS / fig) as tmp:
+        figures = {"results": f"figures/{task}_results.png", "qualitative": f"figures/{task}_qualitative.png"}
+        with atomic_path(paths.REPORTS / figures["results"]) as tmp:
             plot_results(df, histories, primary, tmp)
-        sections.append((task, df, ordering_check(df, primary), fig))
+        samples = {m: dict(np.load(paths.eval_samples(task, m))) for m in TABLE_METHODS}
+        with atomic_path(paths.REPORTS / figures["qualitative"]) as tmp:
+            n_classes = len(samples["h2t"]["class_names"])
+            plot_qualitative(TASKS[task](params.task_config(task), n_classes), samples, tmp)
+        sections.append((task, df, ordering_check(df, primary), figures))
         frames.append(df)
     write_text_atomic(paths.REPORTS / "results.csv", pd.concat(frames).to_csv(index=False, float_format="%.3f"))
     write_text_atomic(paths.REPORTS / "report.md", render_markdown(params, sections, times))
+    write_text_atomic(paths.REPORTS / "report.html", render_html(params, sections, times, paths.REPORTS))
     logging.info("report: %s", paths.REPORTS / "report.md")
 
 

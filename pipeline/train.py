@@ -34,7 +34,10 @@ def main(args: argparse.Namespace) -> None:
             for name, state in result.states.items():  # sr.pt (when the method has an SR network), rec.pt
                 torch.save(state, tmp / f"{name}.pt")
         history = paths.train_history(args.task, args.method)
-        write_json_atomic(history, {"seconds": result.seconds, "epochs": result.history})
+        # DVC plots need the same fields in every record: a term not yet computed (TDP in the warm-up) is 0.
+        keys = sorted({k for record in result.history for k in record})
+        epochs = [{k: record.get(k, 0.0) for k in keys} for record in result.history]
+        write_json_atomic(history, {"seconds": result.seconds, "epochs": epochs})
         run.tag_outputs(sorted(out.glob("*.pt")))
         run.log_artifact(history)
     logging.info("train %s/%s: %.0f s, last epoch %s", args.task, args.method, result.seconds, result.history[-1])

@@ -146,6 +146,7 @@ class TrainConfig(Strict):
 class EvalConfig(Strict):
     batch_size: PosInt = 100
     psnr_crop_border: NonNegInt = 4  # pixels cut from each side before PSNR (the paper uses 8 on 224-480 px)
+    n_samples: Annotated[int, Field(ge=1, le=32)] = 4  # val images kept with predictions for the qualitative figure
 
 
 class SearchRange(Strict):

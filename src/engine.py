@@ -244,6 +244,24 @@ def evaluate(s: Setup, loader: DataLoader, device: torch.device, psnr_crop: int)
     return out
 
 
+@torch.inference_mode()
+def collect_samples(s: Setup, loader: DataLoader, device: torch.device, n: int) -> dict[str, Any]:
+    """The first ``n`` val images as uint8 arrays (LR, the recogniser's view, HR) with predictions and targets,
+    for qualitative figures."""
+    if s.sr is not None:
+        s.sr.eval()
+    s.rec.eval()
+    batch = to_device(next(iter(loader)), device)
+    lr, hr, target = batch.lr[:n], batch.hr[:n], batch.target[:n]
+    view = view_images(s, Batch(lr=lr, hr=hr, target=target))
+    preds = s.task.predict(s.rec, view)
+
+    def u8(x: torch.Tensor) -> Any:
+        return (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()  # (N, H, W, 3)
+
+    return {"lr": u8(lr), "view": u8(view), "hr": u8(hr), "pred": preds.cpu().numpy(), "target": target.cpu().numpy()}
+
+
 def fit(
     s: Setup,
     train_loader: DataLoader,

@@ -15,7 +15,7 @@ import torch
 
 from src.config import Params
 from src.data.dataset import PairedDataset, make_loader
-from src.engine import Callback, build_setup, evaluate, fit, load_state
+from src.engine import Callback, build_setup, collect_samples, evaluate, fit, load_state
 from src.methods import METHODS
 from src.tasks import build_task
 from src.utils import resolve_device, seed_everything
@@ -90,8 +90,10 @@ def train_method(
     return TrainResult(states, history, time.perf_counter() - t0)
 
 
-def evaluate_method(params: Params, task_name: str, method_name: str, raw: Path, lr: Path, model_dir: Path) -> dict[str, float]:
-    """Task metric and PSNR of a trained method on the val split (the split the paper reports on)."""
+def evaluate_method(params: Params, task_name: str, method_name: str, raw: Path, lr: Path, model_dir: Path,
+                    n_samples: int = 0) -> tuple[dict[str, float], dict]:
+    """Task metric and PSNR of a trained method on the val split (the split the paper reports on), and the
+    first ``n_samples`` val images with predictions (for the report's qualitative figure)."""
     method = METHODS[method_name]
     device = resolve_device(params.device)
     seed_everything(params.seed)
@@ -105,4 +107,5 @@ def evaluate_method(params: Params, task_name: str, method_name: str, raw: Path,
     t0 = time.perf_counter()
     metrics = evaluate(setup, loader, device, params.eval.psnr_crop_border)
     metrics.update({"n_val": len(val_ds), "eval_seconds": time.perf_counter() - t0})
-    return metrics
+    samples = collect_samples(setup, loader, device, n_samples) if n_samples else {}
+    return metrics, samples

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -106,15 +107,38 @@ def plot_results(df: pd.DataFrame, histories: Mapping[str, list[dict]], primary:
     plt.close(fig)
 
 
+QUALITATIVE_COLUMNS = (("LR (L2T)", "l2t", "lr"), ("S→T", "s2t", "view"), ("SR4IR", "sr4ir", "view"), ("HR (H2T)", "h2t", "hr"))
+
+
+def plot_qualitative(task: Any, samples: Mapping[str, Mapping[str, Any]], out: Path) -> None:
+    """The paper's Figure 1 idea: per val image, LR / S→T / SR4IR / HR, each with its recogniser's prediction."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = [c for c in QUALITATIVE_COLUMNS if c[1] in samples]
+    n = min(len(samples[c[1]]["target"]) for c in cols)
+    names = [str(x) for x in next(iter(samples.values()))["class_names"]]
+    fig, axes = plt.subplots(n, len(cols), figsize=(1.9 * len(cols), 2.0 * n), squeeze=False)
+    for j, (label, method, key) in enumerate(cols):
+        s = samples[method]
+        for i in range(n):
+            task.draw(axes[i][j], s[key][i], s["pred"][i], s["target"][i], names)
+        axes[0][j].text(0.5, 1.35, label, transform=axes[0][j].transAxes, ha="center", fontsize=10, weight="bold")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110, format="png")
+    plt.close(fig)
+
+
 def stage_times_table(times: Mapping[str, float]) -> str:
     lines = ["| stage | seconds |", "|---|---:|"]
     lines += [f"| {k} | {v:.0f} |" for k, v in times.items()]
     return "\n".join(lines)
 
 
-def render_markdown(params: Params, sections: list[tuple[str, pd.DataFrame, list[str], str]], times: Mapping[str, float]) -> str:
-    p = params
-    out = [
+def _intro(p: Params) -> list[str]:
+    return [
         "# SR4IR study report",
         "",
         f"Dataset **{p.data.name}** ({p.data.synthetic.num_train} train / {p.data.synthetic.num_val} val images, "
@@ -125,13 +149,61 @@ def render_markdown(params: Params, sections: list[tuple[str, pd.DataFrame, list
         "",
         "Metrics are from the last epoch on the val split (as the paper reports). PSNR is RGB on 8-bit levels with "
         f"a {p.eval.psnr_crop_border}-px border crop; H2T sees the HR image, so it has none.",
-        "",
     ]
-    for task, df, checks, fig in sections:
+
+
+FIGURE_CAPTIONS = {
+    "results": "Left: task metric per method (PSNR annotated). Right: validation metric per epoch (training curves).",
+    "qualitative": "Val images through each method, with the recogniser's prediction (green: right, red: wrong).",
+}
+
+
+def render_markdown(params: Params, sections: list[tuple[str, pd.DataFrame, list[str], dict[str, str]]],
+                    times: Mapping[str, float]) -> str:
+    out = ["# SR4IR study report", "", *_intro(params), ""]
+    for task, df, checks, figures in sections:
         paper = PAPER.get(task, {})
         primary = [c for c in df.columns if c.startswith("paper_")][0].removeprefix("paper_")
         out += [f"## Task: {task}", "", markdown_table(df, primary, paper.get("dataset", "n/a")), "",
-                "Ordering against the paper's published numbers:", "", *checks, "", f"![{task} results]({fig})", ""]
+                "Reproduction check, against the ordering of the paper's published numbers:", "", *checks, ""]
+        for kind, fig in figures.items():
+            out += [f"![{task} {kind}]({fig})", "", f"*{FIGURE_CAPTIONS.get(kind, '')}*", ""]
     if times:
         out += ["## Stage wall times", "", stage_times_table(times), ""]
     return "\n".join(out)
+
+
+def render_html(params: Params, sections: list[tuple[str, pd.DataFrame, list[str], dict[str, str]]],
+                times: Mapping[str, float], root: Path) -> str:
+    """The same report as one self-contained HTML file: figures are embedded as data URIs."""
+    import base64
+    import html
+
+    def esc(x: Any) -> str:
+        return html.escape(str(x))
+
+    def img(rel: str, alt: str) -> str:
+        data = base64.b64encode((root / rel).read_bytes()).decode()
+        return f'<img alt="{esc(alt)}" src="data:image/png;base64,{data}">'
+
+    body = [f"<h1>SR4IR study report</h1>", f"<p>{esc(' '.join(_intro(params)))}</p>"]
+    for task, df, checks, figures in sections:
+        primary = [c for c in df.columns if c.startswith("paper_")][0].removeprefix("paper_")
+        paper = PAPER.get(task, {})
+        rows = "".join(
+            f"<tr><td>{esc(r['label'])}</td><td>{_fmt(r[primary])}</td><td>{_fmt(r['psnr'], 2)}</td>"
+            f"<td>{_fmt(r['paper_' + primary])}</td></tr>" for _, r in df.iterrows())
+        body += [f"<h2>Task: {esc(task)}</h2>",
+                 f"<table><tr><th>Method</th><th>{esc(METRIC_LABELS.get(primary, primary))} ↑</th><th>PSNR (dB) ↑</th>"
+                 f"<th>paper {esc(primary)} ({esc(paper.get('dataset', 'n/a'))})</th></tr>{rows}</table>",
+                 "<h3>Reproduction check</h3><ul>" + "".join(f"<li>{esc(c.removeprefix('- '))}</li>" for c in checks) + "</ul>"]
+        for kind, fig in figures.items():
+            body += [f"<figure>{img(fig, f'{task} {kind}')}<figcaption>{esc(FIGURE_CAPTIONS.get(kind, ''))}</figcaption></figure>"]
+    if times:
+        body += ["<h2>Stage wall times</h2><table><tr><th>stage</th><th>seconds</th></tr>"
+                 + "".join(f"<tr><td>{esc(k)}</td><td>{v:.0f}</td></tr>" for k, v in times.items()) + "</table>"]
+    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}table{border-collapse:collapse}"
+             "td,th{border:1px solid #ccc;padding:4px 10px;text-align:right}td:first-child,th:first-child{text-align:left}"
+             "img{max-width:100%}figcaption{font-size:90%;color:#555}")
+    return (f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>SR4IR study report</title>"
+            f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n")

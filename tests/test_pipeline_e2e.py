@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import os
 import shutil
 import subprocess
@@ -83,7 +84,47 @@ def test_repro_writes_every_method_and_the_report(project):
         assert f"| {label} |" in report
     csv_lines = (project / "reports/results.csv").read_text().splitlines()
     assert len(csv_lines) == 1 + len(METHODS)
-    assert (project / "reports/figures/cls_results.png").stat().st_size > 1000
+    for fig in re.findall(r"!\[[^]]*\]\(([^)]+)\)", report):  # every figure the report references exists
+        assert (project / "reports" / fig).stat().st_size > 1000, fig
+    assert "figures/cls_qualitative.png" in report
+    html = (project / "reports/report.html").read_text()
+    assert html.count("<img") == 2 and "src=\"figures/" not in html  # self-contained: data URIs only
+    for label in ("H2T", "L2T", "S→T", "T→S", "S+T", "SR4IR"):
+        assert f"<td>{label}</td>" in html
+
+
+@pytest.mark.slow
+def test_dvc_plots_render_the_training_curves(project):
+    out = _dvc("plots", "show", "--json", cwd=project)
+    shown, _ = json.JSONDecoder().raw_decode(out[out.index("{"):])
+    assert not shown.get("errors"), shown.get("errors")
+    data = shown["data"]
+    curves = [k for k in data if "Validation top-1 per epoch" in k]
+    assert curves, sorted(data)
+    points = json.dumps(data[curves[0]])
+    assert all(m in points for m in ("h2t", "sr4ir"))  # one curve per method file
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
+def test_report_html_renders_in_headless_chromium_with_no_missing_images(project, tmp_path):
+    page = tmp_path / "report.html"
+    # Count images that failed to load once the page has loaded, and expose the count in the DOM.
+    probe = ("<script>window.addEventListener('load',()=>{const bad=[...document.images].filter("
+             "i=>!i.complete||i.naturalWidth===0).length;document.body.setAttribute('data-images',"
+             "document.images.length);document.body.setAttribute('data-broken',bad);});</script>")
+    page.write_text((project / "reports/report.html").read_text().replace("</body>", probe + "</body>"))
+    out = subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
+         "--virtual-time-budget=5000", "--dump-dom", page.as_uri()],
+        capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert 'data-broken="0"' in out.stdout
+    assert 'data-images="2"' in out.stdout
 
 
 def _runs(project: Path):

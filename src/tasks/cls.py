@@ -107,6 +107,13 @@ class ClassificationTask:
     def frozen(self, model: nn.Module):
         return frozen_critic(model)
 
+    def draw(self, ax: Any, image: Any, pred: Any, target: Any, class_names: Sequence[str]) -> None:
+        ax.imshow(image, interpolation="nearest")
+        ok = int(pred) == int(target)
+        ax.set_title(class_names[int(pred)] + ("" if ok else f"\n(true: {class_names[int(target)]})"),
+                     fontsize=7, color="#1a7f37" if ok else "#c62828")
+        ax.set_axis_off()
+
 
 class Top1:
     """Top-1 accuracy in percent over everything seen."""
