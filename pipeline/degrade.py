@@ -14,6 +14,7 @@ def main(args: argparse.Namespace) -> None:
     with stage_run("degrade", params) as run:
         n = degrade_folder(paths.RAW, paths.LR, params.degrade)
         run.log_metrics({"images": n})
+        run.tag_identity([paths.LR])
     logging.info("degrade: %d images at x%d -> %s", n, params.degrade.scale, paths.LR)
 
 

@@ -17,6 +17,7 @@ def main(args: argparse.Namespace) -> None:
     with stage_run("download", params) as run:
         counts = prepare_dataset(params.data, paths.RAW)
         run.log_metrics({f"images/{k}": v for k, v in counts.items()})
+        run.tag_identity([paths.RAW])
     logging.info("download: %s -> %s (%s)", params.data.name, paths.RAW, counts)
 
 

@@ -23,3 +23,13 @@ def eval_metrics(task: str, method: str) -> Path:
 
 def eval_samples(task: str, method: str) -> Path:
     return Path("samples") / task / f"{method}.npz"
+
+
+def stage_outputs(tasks: list[str], methods: tuple[str, ...]) -> dict[str, list[Path]]:
+    """MLflow run name of each stage -> the outputs that identify the run which produced them."""
+    outs: dict[str, list[Path]] = {"download": [RAW], "degrade": [LR], "pretrain_sr": [SR_PRETRAINED]}
+    for task in tasks:
+        for m in methods:
+            outs[f"train/{task}/{m}"] = [model_dir(task, m)]
+            outs[f"evaluate/{task}/{m}"] = [eval_metrics(task, m)]
+    return outs

@@ -17,6 +17,7 @@ def main(args: argparse.Namespace) -> None:
         save_torch_atomic(paths.SR_PRETRAINED, result.states["sr"])
         write_json_atomic(paths.PRETRAIN_HISTORY, {"seconds": result.seconds, "epochs": result.history})
         run.tag_outputs([paths.SR_PRETRAINED])
+        run.tag_identity([paths.SR_PRETRAINED])
         run.log_artifact(paths.PRETRAIN_HISTORY)
     logging.info("pretrain_sr: val PSNR %.2f dB in %.0f s", result.history[-1]["val/psnr"], result.seconds)
 

@@ -39,6 +39,7 @@ def main(args: argparse.Namespace) -> None:
         epochs = [{k: record.get(k, 0.0) for k in keys} for record in result.history]
         write_json_atomic(history, {"seconds": result.seconds, "epochs": epochs})
         run.tag_outputs(sorted(out.glob("*.pt")))
+        run.tag_identity([out])
         run.log_artifact(history)
     logging.info("train %s/%s: %.0f s, last epoch %s", args.task, args.method, result.seconds, result.history[-1])
 

@@ -131,6 +131,36 @@ def plot_qualitative(task: Any, samples: Mapping[str, Mapping[str, Any]], out: P
     plt.close(fig)
 
 
+def plot_sample_grid(task: Any, samples: Mapping[str, Any], class_names: list[str], label: str, out: Path) -> None:
+    """One method's val samples: LR | bicubic | the recogniser's view (SR for SR methods) | HR, predictions drawn
+    on the view."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import torch
+    import torch.nn.functional as F
+
+    lr = torch.from_numpy(samples["lr"]).permute(0, 3, 1, 2).float() / 255
+    scale = samples["hr"].shape[1] // samples["lr"].shape[1]
+    bicubic = (F.interpolate(lr, scale_factor=scale, mode="bicubic").clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
+    n = len(samples["target"])
+    fig, axes = plt.subplots(n, 4, figsize=(7.6, 2.0 * n), squeeze=False)
+    for i in range(n):
+        for j, (img, title) in enumerate(((samples["lr"][i], "LR"), (bicubic[i], "bicubic"), (None, label), (samples["hr"][i], "HR"))):
+            ax = axes[i][j]
+            if img is None:
+                task.draw(ax, samples["view"][i], samples["pred"][i], samples["target"][i], class_names)
+            else:
+                ax.imshow(img, interpolation="nearest")
+                ax.set_axis_off()
+            if i == 0:
+                ax.text(0.5, 1.3, title, transform=ax.transAxes, ha="center", fontsize=9, weight="bold")
+    fig.tight_layout()
+    fig.savefig(out, dpi=100, format="png")
+    plt.close(fig)
+
+
 def stage_times_table(times: Mapping[str, float]) -> str:
     lines = ["| stage | seconds |", "|---|---:|"]
     lines += [f"| {k} | {v:.0f} |" for k, v in times.items()]

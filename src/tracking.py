@@ -170,6 +170,19 @@ def file_md5(path: Path) -> str:
     return h.hexdigest()
 
 
+def outputs_digest(paths: list[Path]) -> str:
+    """md5 over the files under ``paths`` (names and contents): identifies the run that produced them."""
+    import hashlib
+
+    h = hashlib.md5()
+    for root in paths:
+        files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
+        for f in files:
+            h.update(str(f).encode())
+            h.update(file_md5(f).encode() if f.exists() else b"missing")
+    return h.hexdigest()
+
+
 class StageRun:
     """The MLflow run of one DVC stage; a no-op shell when tracking is off or failing."""
 
@@ -183,6 +196,46 @@ class StageRun:
     def log_artifact(self, path: Path, folder: str | None = None) -> None:
         if self.run_id is not None:
             self.tracker._guard(self.tracker.client.log_artifact, self.run_id, str(path), folder)
+
+    def tag_identity(self, paths: list[Path]) -> None:
+        """Tag the digest of this stage's outputs, so a later cached `dvc repro` can link back to this run."""
+        if self.run_id is not None:
+            self.tracker.set_tags(self.run_id, {"outputs.md5": outputs_digest(paths)})
+
+    def link_cached(self, stage_outputs: Mapping[str, list[Path]]) -> list[str]:
+        """Give this run's parent a child for every stage that did not run in this `dvc repro` (DVC found it
+        cached), tagged with the run that produced its current outputs. Returns the linked stage names."""
+        t = self.tracker
+        if self.run_id is None or not t.enabled:
+            return []
+
+        def _link() -> list[str]:
+            parent = t.client.get_run(self.run_id).data.tags.get("mlflow.parentRunId")
+            if not parent:
+                return []
+            present = {r.info.run_name for r in t.client.search_runs(
+                [t.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent}'", max_results=5000)}
+            linked = []
+            for name, paths in stage_outputs.items():
+                if name in present or not all(p.exists() for p in paths):
+                    continue
+                digest = outputs_digest(paths)
+                found = t.client.search_runs(
+                    [t.experiment_id], max_results=1, order_by=["attributes.start_time DESC"],
+                    filter_string=f"tags.`outputs.md5` = '{digest}' and attributes.run_name = '{name}' "
+                                  "and attributes.status = 'FINISHED'")
+                if not found:
+                    continue
+                orig = found[0]
+                keep = {k: v for k, v in orig.data.tags.items() if not k.startswith("mlflow.")}
+                run_id = t.start_run(name, tags={**keep, "dvc.cached": "true", "linked_run_id": orig.info.run_id},
+                                     parent_run_id=parent)
+                t.log_metrics(run_id, orig.data.metrics, step=0)
+                t.end_run(run_id)
+                linked.append(name)
+            return linked
+
+        return t._guard(_link) or []
 
     def tag_outputs(self, paths: list[Path]) -> None:
         """Model weights stay in DVC: record their md5 (DVC's file hash), not a second copy."""

@@ -183,6 +183,17 @@ def test_changing_the_tdp_weight_reruns_only_sr4ir_its_evaluation_and_the_report
     ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
     # The report re-runs only if the new SR4IR metrics differ; nothing else may run.
     assert {"train_from_sr@cls-sr4ir", "evaluate@cls-sr4ir"} <= ran <= {"train_from_sr@cls-sr4ir", "evaluate@cls-sr4ir", "report"}
+    # The new pipeline run still shows the whole study: the cached stages are linked to the runs that made them.
+    client, runs = _runs(project)
+    parents = sorted((r for r in runs if "mlflow.parentRunId" not in r.data.tags), key=lambda r: r.info.start_time)
+    assert len(parents) == 2
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[1].info.run_id]
+    assert "report" in ran  # a new TDP weight changes the SR weights, hence PSNR, hence the report
+    assert {r.info.run_name for r in children} == STAGE_RUNS
+    linked = {r.info.run_name: r for r in children if r.data.tags.get("dvc.cached") == "true"}
+    assert set(linked) == STAGE_RUNS - {"train/cls/sr4ir", "evaluate/cls/sr4ir", "report"}
+    first = {r.info.run_id: r.info.run_name for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id}
+    assert all(first[r.data.tags["linked_run_id"]] == name for name, r in linked.items())
 
 
 @pytest.mark.slow
