@@ -19,8 +19,12 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 # DVC runs each stage's `python -m pipeline.<stage>` through PATH, so the venv goes first.
+# One key groups this run's stages under one MLflow parent; pipeline.track then links the stages DVC
+# skipped as cached, so even a no-op repro shows the whole study in `mlflow ui`.
 repro: $(STAMP)
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
+	@key=$$($(BIN)/python -c 'import uuid; print(uuid.uuid4().hex)'); \
+	export PATH="$(CURDIR)/$(BIN):$$PATH" SR4IR_PIPELINE_RUN=$$key; \
+	$(BIN)/dvc repro && $(BIN)/python -m pipeline.track
 
 test: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest

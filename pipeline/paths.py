@@ -32,4 +32,5 @@ def stage_outputs(tasks: list[str], methods: tuple[str, ...]) -> dict[str, list[
         for m in methods:
             outs[f"train/{task}/{m}"] = [model_dir(task, m)]
             outs[f"evaluate/{task}/{m}"] = [eval_metrics(task, m)]
+    outs["report"] = [REPORTS / "report.md"]
     return outs

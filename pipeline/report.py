@@ -22,6 +22,7 @@ def main(args: argparse.Namespace) -> None:
         _report(params)
         for f in ("report.md", "report.html", "results.csv"):
             run.log_artifact(paths.REPORTS / f)
+        run.tag_identity([paths.REPORTS / "report.md"])
         linked = run.link_cached(paths.stage_outputs(params.tasks, TABLE_METHODS))
         if linked:
             logging.info("report: linked %d cached stages into this pipeline run", len(linked))

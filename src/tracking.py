@@ -139,10 +139,15 @@ def _git(*args: str) -> str:
         return ""
 
 
+PIPELINE_ENV = "SR4IR_PIPELINE_RUN"
+
+
 def dvc_invocation_key() -> str | None:
-    """Identify the `dvc repro` process this stage runs under: '<pid>-<start time>' of the nearest `dvc`
-    ancestor (Linux /proc), so every stage of one invocation finds the same parent run. None when the
-    stage was started by hand or /proc is unavailable."""
+    """Identify the pipeline run this stage belongs to, so every stage of it finds the same parent run:
+    ``$SR4IR_PIPELINE_RUN`` when set (`make repro` sets it), else '<pid>-<start time>' of the nearest `dvc`
+    ancestor process (Linux /proc). None when the stage was started by hand."""
+    if os.environ.get(PIPELINE_ENV):
+        return os.environ[PIPELINE_ENV]
     pid = os.getppid()
     for _ in range(10):
         try:
@@ -203,43 +208,63 @@ class StageRun:
             self.tracker.set_tags(self.run_id, {"outputs.md5": outputs_digest(paths)})
 
     def link_cached(self, stage_outputs: Mapping[str, list[Path]]) -> list[str]:
-        """Give this run's parent a child for every stage that did not run in this `dvc repro` (DVC found it
-        cached), tagged with the run that produced its current outputs. Returns the linked stage names."""
-        t = self.tracker
-        if self.run_id is None or not t.enabled:
-            return []
-
-        def _link() -> list[str]:
-            parent = t.client.get_run(self.run_id).data.tags.get("mlflow.parentRunId")
-            if not parent:
-                return []
-            present = {r.info.run_name for r in t.client.search_runs(
-                [t.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent}'", max_results=5000)}
-            linked = []
-            for name, paths in stage_outputs.items():
-                if name in present or not all(p.exists() for p in paths):
-                    continue
-                digest = outputs_digest(paths)
-                found = t.client.search_runs(
-                    [t.experiment_id], max_results=1, order_by=["attributes.start_time DESC"],
-                    filter_string=f"tags.`outputs.md5` = '{digest}' and attributes.run_name = '{name}' "
-                                  "and attributes.status = 'FINISHED'")
-                if not found:
-                    continue
-                orig = found[0]
-                keep = {k: v for k, v in orig.data.tags.items() if not k.startswith("mlflow.")}
-                run_id = t.start_run(name, tags={**keep, "dvc.cached": "true", "linked_run_id": orig.info.run_id},
-                                     parent_run_id=parent)
-                t.log_metrics(run_id, orig.data.metrics, step=0)
-                t.end_run(run_id)
-                linked.append(name)
-            return linked
-
-        return t._guard(_link) or []
+        """Link every stage that did not run in this pipeline run into this run's parent."""
+        parent = self.tracker._guard(lambda: self.tracker.client.get_run(self.run_id).data.tags.get("mlflow.parentRunId")) \
+            if self.run_id else None
+        return link_cached_stages(self.tracker, parent, stage_outputs)
 
     def tag_outputs(self, paths: list[Path]) -> None:
         """Model weights stay in DVC: record their md5 (DVC's file hash), not a second copy."""
         self.tracker.set_tags(self.run_id, {f"dvc.md5.{p.name}": file_md5(p) for p in paths if p.is_file()})
+
+
+def git_tags() -> dict[str, str]:
+    commit = _git("rev-parse", "HEAD") or "unknown"
+    dirty = "true" if _git("status", "--porcelain", "--untracked-files=no") else "false"
+    return {"git.commit": commit, "git.dirty": dirty, "dvc.exp_name": os.environ.get("DVC_EXP_NAME", "")}
+
+
+def pipeline_parent(tracker: Tracker, key: str, tags: Mapping[str, str] | None = None) -> str | None:
+    """Find or create the parent run of pipeline run ``key``."""
+    parent = tracker.find_run({"sr4ir.pipeline_key": key})
+    if parent is None:
+        name = f"pipeline/{time.strftime('%Y-%m-%d %H:%M:%S')}"
+        parent = tracker.start_run(name, tags={"sr4ir.pipeline_key": key, **(tags or git_tags())})
+        tracker.end_run(parent)  # children attach later; the parent holds no work of its own
+    return parent
+
+
+def link_cached_stages(tracker: Tracker, parent: str | None, stage_outputs: Mapping[str, list[Path]]) -> list[str]:
+    """Give ``parent`` a child for every stage that did not run in this pipeline run (DVC found it cached),
+    tagged with the run that produced its current outputs. Returns the linked stage names."""
+    t = tracker
+    if parent is None or not t.enabled:
+        return []
+
+    def _link() -> list[str]:
+        present = {r.info.run_name for r in t.client.search_runs(
+            [t.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent}'", max_results=5000)}
+        linked = []
+        for name, paths in stage_outputs.items():
+            if name in present or not all(p.exists() for p in paths):
+                continue
+            digest = outputs_digest(paths)
+            found = t.client.search_runs(
+                [t.experiment_id], max_results=1, order_by=["attributes.start_time DESC"],
+                filter_string=f"tags.`outputs.md5` = '{digest}' and attributes.run_name = '{name}' "
+                              "and attributes.status = 'FINISHED'")
+            if not found:
+                continue
+            orig = found[0]
+            keep = {k: v for k, v in orig.data.tags.items() if not k.startswith("mlflow.") and k != "linked_run_id"}
+            source = orig.data.tags.get("linked_run_id", orig.info.run_id)  # always point at the run that did the work
+            run_id = t.start_run(name, tags={**keep, "dvc.cached": "true", "linked_run_id": source}, parent_run_id=parent)
+            t.log_metrics(run_id, orig.data.metrics, step=0)
+            t.end_run(run_id)
+            linked.append(name)
+        return linked
+
+    return t._guard(_link) or []
 
 
 def stage_run(stage: str, params: Any, *, task: str = "", method: str = "", experiment: str = "sr4ir"):
@@ -249,17 +274,9 @@ def stage_run(stage: str, params: Any, *, task: str = "", method: str = "", expe
     @contextlib.contextmanager
     def _cm():
         tracker = Tracker(experiment, enabled=os.environ.get("SR4IR_TRACKING", "1") != "0")
-        commit = _git("rev-parse", "HEAD") or "unknown"
-        dirty = "true" if _git("status", "--porcelain", "--untracked-files=no") else "false"
-        common = {"git.commit": commit, "git.dirty": dirty, "dvc.exp_name": os.environ.get("DVC_EXP_NAME", "")}
-        parent = None
+        common = git_tags()
         key = dvc_invocation_key()
-        if key and tracker.enabled:
-            parent = tracker.find_run({"sr4ir.pipeline_key": key})
-            if parent is None:
-                name = f"pipeline/{time.strftime('%Y-%m-%d %H:%M:%S')}"
-                parent = tracker.start_run(name, tags={"sr4ir.pipeline_key": key, **common})
-                tracker.end_run(parent)  # children attach later; the parent holds no work of its own
+        parent = pipeline_parent(tracker, key, common) if key else None
         tags = {**common, "dvc.stage": stage, "params.hash": params.digest(), "task": task, "method": method,
                 "scale": str(params.degrade.scale), "seed": str(params.seed)}
         run_id = tracker.start_run(stage, tags=tags, params=params.model_dump(mode="json"), parent_run_id=parent)
