@@ -145,12 +145,13 @@ class Objective:
 # The study
 
 
-def storage_for(url: str) -> optuna.storages.BaseStorage:
-    """RDB storages get heartbeats: a killed worker's trial is failed, then retried once, on the next start."""
+def storage_for(url: str, heartbeat: int = 20) -> optuna.storages.BaseStorage:
+    """RDB storages get heartbeats: a killed worker's trial (silent for 3 heartbeats) is failed, then retried
+    once, when a worker next starts."""
     if url.startswith(("sqlite", "postgresql", "mysql")):
         engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
         return optuna.storages.RDBStorage(
-            url, engine_kwargs=engine_kwargs, heartbeat_interval=20, grace_period=60,
+            url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat, grace_period=3 * heartbeat,
             heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
         )
     return optuna.storages.get_storage(url)
@@ -302,6 +303,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=Path, default=Path("data/lr"), help="LR images (degrade stage)")
     p.add_argument("--sr-init", type=Path, default=Path("models/sr_pretrained.pt"), help="pretrained SR (pretrain_sr stage)")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: reports/tune/<task>)")
+    p.add_argument("--heartbeat", type=int, default=20, metavar="S",
+                   help="seconds between a running trial's heartbeats; a trial silent for 3 of them is taken "
+                        "as killed: failed, and retried once by the next worker to start (default 20)")
     p.add_argument("--no-mlflow", action="store_true", help="do not log trials to MLflow")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # internal: one of --workers
     return p
@@ -310,6 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _validate(args: argparse.Namespace, params: Params) -> None:
     if args.n_trials < 0:
         raise ConfigError(f"--n-trials: must be >= 0, got {args.n_trials}")
+    if args.heartbeat < 1:
+        raise ConfigError(f"--heartbeat: must be >= 1 second, got {args.heartbeat}")
     if args.workers < 1:
         raise ConfigError(f"--workers: must be >= 1, got {args.workers}")
     if args.max_trials is not None and args.max_trials < 1:
@@ -336,7 +342,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     raw = yaml.safe_load(args.params.read_text())
     objectives = args.objectives.split(",")
     name = args.study_name or f"sr4ir-{args.task}-x{params.degrade.scale}-{params.data.name}" + ("-mo" if len(objectives) == 2 else "")
-    study = open_study(name, storage_for(args.storage), params, len(objectives))
+    study = open_study(name, storage_for(args.storage, args.heartbeat), params, len(objectives))
     tracker = Tracker("sr4ir-tune", enabled=not args.no_mlflow and args.n_trials > 0)
     study_tags = {"optuna.study_name": name, "optuna.storage": args.storage.split("@")[-1]}
     parent = tracker.find_run(study_tags) if args.worker else None
@@ -363,7 +369,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.worker:
         return 0
 
-    study = optuna.load_study(study_name=name, storage=storage_for(args.storage))
+    study = optuna.load_study(study_name=name, storage=storage_for(args.storage, args.heartbeat))
     out = args.out or Path("reports/tune") / args.task
     write_outputs(study, out, args.task, objectives)
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]

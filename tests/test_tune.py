@@ -168,3 +168,41 @@ def test_unreachable_tracking_server_never_stops_a_trial(env, monkeypatch):
     args = [a for a in env.args if a != "--no-mlflow"]
     assert tune.main([*args, "--n-trials", "1"]) == 0
     assert _study(env.storage).trials[0].state == optuna.trial.TrialState.COMPLETE
+
+
+def test_a_killed_workers_trial_is_failed_and_retried_on_the_next_start(env):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    params = yaml.safe_load(env.params.read_text())
+    params["tune"]["epochs"] = 8  # long enough to be caught running
+    env.params.write_text(yaml.safe_dump(params))
+    cmd = [sys.executable, "-m", "src.tune", *env.args, "--heartbeat", "1"]
+    proc = subprocess.Popen([*cmd, "--n-trials", "1"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    try:
+        while time.time() < deadline:  # wait until the trial is running, then kill the worker without warning
+            try:
+                trials = _study(env.storage).trials
+            except KeyError:  # the study is not created yet
+                trials = []
+            if trials and trials[0].state == optuna.trial.TrialState.RUNNING:
+                break
+            assert proc.poll() is None, "the worker finished before it could be killed"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert _study(env.storage).trials[0].state == optuna.trial.TrialState.RUNNING  # left behind
+    time.sleep(4)  # more than 3 missed heartbeats
+    params["tune"]["epochs"] = 2
+    env.params.write_text(yaml.safe_dump(params))
+    assert tune.main([*env.args, "--heartbeat", "1", "--n-trials", "1"]) == 0
+    trials = _study(env.storage).trials
+    assert trials[0].state == optuna.trial.TrialState.FAIL
+    retried = [t for t in trials[1:] if t.params == trials[0].params]
+    assert retried and retried[0].state == optuna.trial.TrialState.COMPLETE
