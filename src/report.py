@@ -169,8 +169,6 @@ def stage_times_table(times: Mapping[str, float]) -> str:
 
 def _intro(p: Params) -> list[str]:
     return [
-        "# SR4IR study report",
-        "",
         f"Dataset **{p.data.name}** ({p.data.synthetic.num_train} train / {p.data.synthetic.num_val} val images, "
         f"{p.data.synthetic.image_size} px HR), scale **x{p.degrade.scale}** (bicubic, antialias={p.degrade.antialias}), "
         f"SR **{p.sr.arch} {p.sr.n_blocks}x{p.sr.n_feats}**, {p.train.epochs} epochs per method "
@@ -216,7 +214,7 @@ def render_html(params: Params, sections: list[tuple[str, pd.DataFrame, list[str
         data = base64.b64encode((root / rel).read_bytes()).decode()
         return f'<img alt="{esc(alt)}" src="data:image/png;base64,{data}">'
 
-    body = [f"<h1>SR4IR study report</h1>", f"<p>{esc(' '.join(_intro(params)))}</p>"]
+    body = [f"<h1>SR4IR study report</h1>", f"<p>{esc(' '.join(_intro(params)).replace('**', ''))}</p>"]
     for task, df, checks, figures in sections:
         primary = [c for c in df.columns if c.startswith("paper_")][0].removeprefix("paper_")
         paper = PAPER.get(task, {})

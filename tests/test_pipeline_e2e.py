@@ -80,6 +80,7 @@ def test_repro_writes_every_method_and_the_report(project):
             assert math.isfinite(metrics["psnr"]) and metrics["psnr"] > 5.0
         assert (project / "models/cls" / m / "rec.pt").is_file()
     report = (project / "reports/report.md").read_text()
+    assert [line for line in report.splitlines() if line.startswith("# ")] == ["# SR4IR study report"]
     for label in ("H2T", "L2T", "S→T", "T→S", "S+T", "SR4IR"):
         assert f"| {label} |" in report
     csv_lines = (project / "reports/results.csv").read_text().splitlines()
