@@ -94,6 +94,17 @@ class ClsConfig(Strict):
     cqmix_grid: PosInt = 4
 
 
+class SegConfig(Strict):
+    """Semantic segmentation: torchvision DeepLabV3-MobileNetV3-Large with the auxiliary head (the paper's)."""
+
+    arch: Literal["deeplabv3_mobilenet_v3_large"] = "deeplabv3_mobilenet_v3_large"
+    pretrained_backbone: bool = False  # ImageNet backbone (needs a download; never required)
+    optim: OptimConfig = OptimConfig(name="sgd", lr=0.02, momentum=0.9, weight_decay=1.0e-6, eta_min=1.0e-4)
+    loss_weights: dict[str, NonNegFloat] = {"loss_ce": 1.0, "loss_aux": 0.5}
+    tdp_layers: dict[str, NonNegFloat] = {"C5": 1.0}
+    cqmix_grid: PosInt = 8
+
+
 class RecogniserOnly(Strict):
     """H2T / S2T: train the recogniser alone."""
 
@@ -200,12 +211,13 @@ class TuneConfig(Strict):
 class Params(Strict):
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    tasks: list[Literal["cls"]] = ["cls"]
+    tasks: list[Literal["cls", "seg"]] = ["cls"]
     data: DataConfig = DataConfig()
     degrade: DegradeConfig = DegradeConfig()
     sr: SRConfig = SRConfig()
     pretrain_sr: PretrainSRConfig = PretrainSRConfig()
     cls: ClsConfig = ClsConfig()
+    seg: SegConfig = SegConfig()
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     tune: TuneConfig = TuneConfig()
@@ -223,7 +235,7 @@ class Params(Strict):
             raise ValueError(f"eval.psnr_crop_border ({self.eval.psnr_crop_border}) leaves no pixels of a {size}-px image")
         return self
 
-    def task_config(self, task: str) -> ClsConfig:
+    def task_config(self, task: str) -> "ClsConfig | SegConfig":
         return getattr(self, task)
 
     def digest(self) -> str:

@@ -18,8 +18,10 @@ from src.methods import METHODS, TABLE_METHODS
 PAPER = {
     "cls": {"dataset": "StanfordCars, x8, EDSR-baseline", "metric": "top-1",
             "values": {"h2t": 86.4, "l2t": 61.0, "s2t": 68.3, "t2s": 56.9, "joint": 65.2, "sr4ir": 71.4}},
+    "seg": {"dataset": "VOC2012, x8, EDSR-baseline", "metric": "mIoU",
+            "values": {"h2t": 63.3, "l2t": 49.3, "s2t": 52.3, "t2s": 49.2, "joint": 50.0, "sr4ir": 55.0}},
 }
-METRIC_LABELS = {"top1": "top-1 (%)"}
+METRIC_LABELS = {"top1": "top-1 (%)", "miou": "mIoU (%)"}
 
 
 def results_table(task: str, metrics: Mapping[str, Mapping[str, float]], primary: str) -> pd.DataFrame:

@@ -8,8 +8,9 @@ from pathlib import Path
 from src.config import Params
 from src.tasks.base import Task
 from src.tasks.cls import ClassificationTask
+from src.tasks.seg import SegmentationTask
 
-TASKS = {"cls": ClassificationTask}
+TASKS = {"cls": ClassificationTask, "seg": SegmentationTask}
 
 
 def build_task(name: str, params: Params, raw: Path) -> Task:
