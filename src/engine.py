@@ -25,7 +25,7 @@ from src.data.dataset import Batch
 from src.losses import tdp_loss
 from src.methods import Method
 from src.metrics import PSNR
-from src.models.sr import bilinear_up
+from src.models.sr import bilinear_up, build_sr
 from src.tasks.base import Task, weighted_sum
 from src.utils import progress, to_device
 
@@ -51,6 +51,8 @@ class Setup:
     scale: int = 4
     align_corners: bool = True
     mix_generator: torch.Generator | None = None  # CQMix masks: their own stream, so data order is unaffected
+    sr_eta_min: float = 0.0  # floors of the cosine schedules, from the optimiser configs that built opt_sr/opt_rec
+    rec_eta_min: float = 0.0
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -268,8 +270,6 @@ def fit(
     val_loader: DataLoader | None,
     epochs: int,
     device: torch.device,
-    sr_optim: OptimConfig | None,
-    rec_optim: OptimConfig | None,
     warmup_epochs: int = 0,
     psnr_crop: int = 4,
     callbacks: Sequence[Callback] = (),
@@ -282,9 +282,9 @@ def fit(
     periods = [warmup_epochs * iters, (epochs - warmup_epochs) * iters] if warmup_epochs else [epochs * iters]
     schedulers = []
     if s.opt_sr is not None:
-        schedulers.append(cosine_restart(s.opt_sr, periods, sr_optim.eta_min))
+        schedulers.append(cosine_restart(s.opt_sr, periods, s.sr_eta_min))
     if s.opt_rec is not None:
-        schedulers.append(cosine_restart(s.opt_rec, periods, rec_optim.eta_min))
+        schedulers.append(cosine_restart(s.opt_rec, periods, s.rec_eta_min))
     history = []
     for epoch in range(1, epochs + 1):
         t0 = time.perf_counter()
@@ -337,16 +337,15 @@ def build_setup(
 
     ``sr_optim`` overrides ``params.train.sr_optim`` (SR pre-training has its own).
     """
-    from src.models.sr import build_sr  # local: keeps the import graph of this module small
-
     sr = rec = opt_sr = opt_rec = None
+    sr_optim = sr_optim or params.train.sr_optim
     if method.view == "sr":
         sr = build_sr(params.sr, params.degrade.scale)
         if sr_init is not None:
             load_state(sr, sr_init, "SR")
         sr = sr.to(device)
         if method.trains_sr:
-            opt_sr = build_optimizer([p for p in sr.parameters() if p.requires_grad], sr_optim or params.train.sr_optim)
+            opt_sr = build_optimizer([p for p in sr.parameters() if p.requires_grad], sr_optim)
         else:
             freeze(sr)
     task_cfg = None
@@ -374,4 +373,6 @@ def build_setup(
         scale=params.degrade.scale,
         align_corners=params.train.l2t.align_corners,
         mix_generator=torch.Generator().manual_seed(mix_seed),
+        sr_eta_min=sr_optim.eta_min,
+        rec_eta_min=task_cfg.optim.eta_min if task_cfg else 0.0,
     )

@@ -6,11 +6,13 @@ return plain results (state dicts, per-epoch histories, metric dicts).
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from src.config import Params
@@ -50,7 +52,7 @@ def pretrain_sr(params: Params, raw: Path, lr: Path, callbacks: Sequence[Callbac
     method = METHODS["sr_pretrain"]
     setup = build_setup(method, params, None, device=device, sr_optim=params.pretrain_sr.optim)
     t0 = time.perf_counter()
-    history = fit(setup, train_loader, val_loader, params.pretrain_sr.epochs, device, params.pretrain_sr.optim, None,
+    history = fit(setup, train_loader, val_loader, params.pretrain_sr.epochs, device,
                   psnr_crop=params.eval.psnr_crop_border, callbacks=callbacks)
     return TrainResult({"sr": _cpu_state(setup.sr)}, history, time.perf_counter() - t0)
 
@@ -79,8 +81,7 @@ def train_method(
     setup = build_setup(method, params, task, sr_init, rec_init, device, mix_seed=params.seed + 1)
     warmup = params.train.sr4ir.warmup_epochs if method.step == "alternate" else 0
     t0 = time.perf_counter()
-    history = fit(setup, train_loader, val_loader, params.train.epochs, device, params.train.sr_optim,
-                  params.task_config(task_name).optim, warmup_epochs=warmup,
+    history = fit(setup, train_loader, val_loader, params.train.epochs, device, warmup_epochs=warmup,
                   psnr_crop=params.eval.psnr_crop_border, callbacks=callbacks)
     states = {}
     if setup.sr is not None:
@@ -104,8 +105,9 @@ def evaluate_method(params: Params, task_name: str, method_name: str, raw: Path,
     load_state(setup.rec, model_dir / "rec.pt", "recogniser")
     val_ds = PairedDataset(raw, lr, "val", task)
     loader = make_loader(val_ds, params.eval.batch_size, False, params.data.num_workers)
-    t0 = time.perf_counter()
     metrics = evaluate(setup, loader, device, params.eval.psnr_crop_border)
-    metrics.update({"n_val": len(val_ds), "eval_seconds": time.perf_counter() - t0})
+    metrics["n_val"] = len(val_ds)  # no wall time here: it would make `dvc metrics diff` noisy (MLflow has it)
     samples = collect_samples(setup, loader, device, n_samples) if n_samples else {}
+    if samples:
+        samples["class_names"] = np.array(json.loads((raw / "classes.json").read_text()))
     return metrics, samples

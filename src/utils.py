@@ -61,6 +61,15 @@ def save_torch_atomic(path: Path | str, obj: Any) -> None:
         torch.save(obj, tmp)
 
 
+def save_npz_atomic(path: Path | str, **arrays: Any) -> None:
+    import io
+
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(buf.getvalue())
+
+
 def read_json(path: Path | str) -> Any:
     path = Path(path)
     try:

@@ -66,8 +66,7 @@ def test_fit_history_and_callbacks(loaders, tiny_params):
         def on_epoch_end(self, epoch, metrics):
             seen.append((epoch, dict(metrics)))
 
-    hist = fit(s, train, val, 2, torch.device("cpu"), tiny_params.train.sr_optim, tiny_params.cls.optim,
-               warmup_epochs=1, psnr_crop=2, callbacks=[Recorder()])
+    hist = fit(s, train, val, 2, torch.device("cpu"), warmup_epochs=1, psnr_crop=2, callbacks=[Recorder()])
     assert [h["epoch"] for h in hist] == [1, 2] and [e for e, _ in seen] == [1, 2]
     assert "train/loss_tdp" not in hist[0] and "train/loss_tdp" in hist[1]  # TDP after the warm-up
     assert {"val/top1", "val/psnr", "time/epoch_s"} <= set(hist[1])
