@@ -48,6 +48,7 @@ class DataConfig(Strict):
     synthetic: SyntheticConfig = SyntheticConfig()
     hflip: bool = False  # off for the synthetic set: a flip turns a 45-degree grating into a 135-degree one
     num_workers: NonNegInt = 0
+    on_bad_sample: Literal["error", "skip"] = "error"  # a corrupt image or bad annotation: fail naming it, or drop it
 
 
 class DegradeConfig(Strict):
@@ -95,14 +96,67 @@ class ClsConfig(Strict):
 
 
 class SegConfig(Strict):
-    """Semantic segmentation: torchvision DeepLabV3-MobileNetV3-Large with the auxiliary head (the paper's)."""
+    """Semantic segmentation: a torchvision segmenter over a dilated MobileNetV3-Large backbone.
 
-    arch: Literal["deeplabv3_mobilenet_v3_large"] = "deeplabv3_mobilenet_v3_large"
+    The default, LR-ASPP, is the CPU-sized one; the paper's network is DeepLabV3 with its auxiliary head
+    (``arch: deeplabv3_mobilenet_v3_large`` with ``loss_weights: {loss_ce: 1.0, loss_aux: 0.5}``).
+    Both expose the same backbone levels to the TDP loss (C5 at stride 16, C2 at stride 8).
+    """
+
+    arch: Literal["lraspp_mobilenet_v3_large", "deeplabv3_mobilenet_v3_large"] = "lraspp_mobilenet_v3_large"
     pretrained_backbone: bool = False  # ImageNet backbone (needs a download; never required)
-    optim: OptimConfig = OptimConfig(name="sgd", lr=0.02, momentum=0.9, weight_decay=1.0e-6, eta_min=1.0e-4)
-    loss_weights: dict[str, NonNegFloat] = {"loss_ce": 1.0, "loss_aux": 0.5}
+    bn_momentum: Annotated[float, Field(gt=0.0, le=1.0)] = 0.1  # torchvision's MobileNetV3 uses 0.01 (see set_bn_momentum)
+    optim: OptimConfig = OptimConfig(name="adamw", lr=1.0e-3, momentum=0.0, weight_decay=1.0e-4, eta_min=1.0e-6)
+    loss_weights: dict[str, NonNegFloat] = {"loss_ce": 1.0}
     tdp_layers: dict[str, NonNegFloat] = {"C5": 1.0}
     cqmix_grid: PosInt = 8
+
+    @model_validator(mode="after")
+    def _terms_of_the_arch(self) -> "SegConfig":
+        terms = {"loss_ce", "loss_aux"} if self.arch.startswith("deeplabv3") else {"loss_ce"}
+        if set(self.loss_weights) != terms:
+            raise ValueError(f"loss_weights {sorted(self.loss_weights)} must name exactly the loss terms of "
+                             f"{self.arch}: {sorted(terms)}")
+        return self
+
+
+class DetConfig(Strict):
+    """Object detection: torchvision Faster R-CNN over a MobileNetV3-Large FPN backbone.
+
+    The defaults size the network for a CPU and 64-px images; the paper's detector is
+    ``fpn_stages [13, 16]``, ``fpn_channels 256``, ``representation_size 1024``, anchors
+    ``[[32, 64, 128, 256, 512]] * 3``, ``rpn_post_nms_top_n_train 2000``, ``box_batch_size_per_image 512``,
+    ``min_size 800`` (configs/paper/det.yaml).
+    """
+
+    arch: Literal["fasterrcnn_mobilenet_v3_large_fpn"] = "fasterrcnn_mobilenet_v3_large_fpn"
+    pretrained_backbone: bool = False  # ImageNet backbone (needs a download; never required)
+    bn_momentum: Annotated[float, Field(gt=0.0, le=1.0)] = 0.1  # torchvision's MobileNetV3 uses 0.01 (see set_bn_momentum)
+    fpn_stages: list[Annotated[int, Field(ge=1, le=16)]] = [4, 7]  # MobileNetV3 ``features`` indices feeding the FPN
+    fpn_channels: PosInt = 64
+    representation_size: PosInt = 256  # width of the box head's two fully connected layers
+    anchor_sizes: list[list[PosInt]] = [[8, 12], [16, 24], [32, 48]]  # per FPN level, the max-pooled level last
+    rpn_post_nms_top_n_train: PosInt = 32  # proposals kept per image in training (test: 100)
+    box_batch_size_per_image: PosInt = 16  # sampled proposals per image for the box head's loss
+    min_size: PosInt | None = None  # None: no internal resize (the detector sees the SR output at its own size)
+    optim: OptimConfig = OptimConfig(name="adamw", lr=3.0e-3, momentum=0.0, weight_decay=1.0e-4, eta_min=1.0e-6)
+    loss_weights: dict[str, NonNegFloat] = {"loss_classifier": 1.0, "loss_box_reg": 1.0, "loss_objectness": 1.0, "loss_rpn_box_reg": 1.0}
+    tdp_layers: dict[str, NonNegFloat] = {"0": 0.5, "1": 0.5}  # FPN levels (the paper: '0' and '1', 0.5 each)
+    cqmix_grid: PosInt = 8
+
+    @model_validator(mode="after")
+    def _levels(self) -> "DetConfig":
+        if sorted(set(self.fpn_stages)) != self.fpn_stages or len(self.fpn_stages) < 1:
+            raise ValueError(f"fpn_stages {self.fpn_stages} must be distinct and increasing")
+        if len(self.anchor_sizes) != len(self.fpn_stages) + 1:
+            raise ValueError(
+                f"anchor_sizes has {len(self.anchor_sizes)} levels; the FPN has {len(self.fpn_stages) + 1} "
+                f"({len(self.fpn_stages)} stages + the max-pooled level)"
+            )
+        levels = {str(i) for i in range(len(self.fpn_stages))} | {"pool"}
+        if set(self.tdp_layers) - levels:
+            raise ValueError(f"tdp_layers {sorted(set(self.tdp_layers) - levels)} are not FPN levels; choose from {sorted(levels)}")
+        return self
 
 
 class RecogniserOnly(Strict):
@@ -211,13 +265,14 @@ class TuneConfig(Strict):
 class Params(Strict):
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    tasks: list[Literal["cls", "seg"]] = ["cls"]
+    tasks: list[Literal["cls", "seg", "det"]] = ["cls", "seg", "det"]
     data: DataConfig = DataConfig()
     degrade: DegradeConfig = DegradeConfig()
     sr: SRConfig = SRConfig()
     pretrain_sr: PretrainSRConfig = PretrainSRConfig()
     cls: ClsConfig = ClsConfig()
     seg: SegConfig = SegConfig()
+    det: DetConfig = DetConfig()
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     tune: TuneConfig = TuneConfig()
@@ -231,11 +286,13 @@ class Params(Strict):
             )
         if not self.tasks:
             raise ValueError("tasks must name at least one task")
+        if len(set(self.tasks)) != len(self.tasks):
+            raise ValueError(f"tasks {self.tasks} names a task twice")
         if 2 * self.eval.psnr_crop_border >= size:
             raise ValueError(f"eval.psnr_crop_border ({self.eval.psnr_crop_border}) leaves no pixels of a {size}-px image")
         return self
 
-    def task_config(self, task: str) -> "ClsConfig | SegConfig":
+    def task_config(self, task: str) -> "ClsConfig | SegConfig | DetConfig":
         return getattr(self, task)
 
     def digest(self) -> str:

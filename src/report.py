@@ -20,8 +20,10 @@ PAPER = {
             "values": {"h2t": 86.4, "l2t": 61.0, "s2t": 68.3, "t2s": 56.9, "joint": 65.2, "sr4ir": 71.4}},
     "seg": {"dataset": "VOC2012, x8, EDSR-baseline", "metric": "mIoU",
             "values": {"h2t": 63.3, "l2t": 49.3, "s2t": 52.3, "t2s": 49.2, "joint": 50.0, "sr4ir": 55.0}},
+    "det": {"dataset": "VOC2012, x8, EDSR-baseline", "metric": "mAP",
+            "values": {"h2t": 36.7, "l2t": 18.9, "s2t": 21.9, "t2s": 15.5, "joint": 20.3, "sr4ir": 25.5}},
 }
-METRIC_LABELS = {"top1": "top-1 (%)", "miou": "mIoU (%)"}
+METRIC_LABELS = {"top1": "top-1 (%)", "miou": "mIoU (%)", "map": "mAP@[.5:.95] (%)"}
 
 
 def results_table(task: str, metrics: Mapping[str, Mapping[str, float]], primary: str) -> pd.DataFrame:
@@ -126,7 +128,11 @@ def plot_qualitative(task: Any, samples: Mapping[str, Mapping[str, Any]], out: P
     for j, (label, method, key) in enumerate(cols):
         s = samples[method]
         for i in range(n):
-            task.draw(axes[i][j], s[key][i], s["pred"][i], s["target"][i], names)
+            # Predictions live in the recogniser's input frame (HR size): show an LR image at that size.
+            image = s[key][i]
+            k = s["view"][i].shape[0] // image.shape[0]
+            image = image.repeat(k, axis=0).repeat(k, axis=1) if k > 1 else image
+            task.draw(axes[i][j], image, s["pred"][i], s["target"][i], names)
         axes[0][j].text(0.5, 1.35, label, transform=axes[0][j].transAxes, ha="center", fontsize=10, weight="bold")
     fig.tight_layout()
     fig.savefig(out, dpi=110, format="png")

@@ -25,6 +25,13 @@ def test_repository_params_load_and_match_the_documented_defaults():
         ({"trian": {"epochs": 3}}, "trian", "unknown key"),
         ({"train": {"sr4ir": {"tdp_wieght": 1.0}}}, "train.sr4ir.tdp_wieght", "unknown key"),
         ({"tasks": ["classification"]}, "tasks.0", "'cls'"),
+        ({"tasks": ["cls", "cls"]}, "(top level)", "names a task twice"),
+        ({"seg": {"arch": "deeplabv3_mobilenet_v3_large"}}, "seg", "['loss_aux', 'loss_ce']"),
+        ({"seg": {"loss_weights": {"loss_ce": 1.0, "loss_aux": 0.5}}}, "seg", "must name exactly the loss terms"),
+        ({"det": {"anchor_sizes": [[8], [16]]}}, "det", "the FPN has 3"),
+        ({"det": {"tdp_layers": {"C5": 1.0}}}, "det", "are not FPN levels"),
+        ({"det": {"fpn_stages": [7, 4]}}, "det", "distinct and increasing"),
+        ({"det": {"fpn_stages": [4, 17]}}, "det.fpn_stages.1", "less than or equal to 16"),
     ],
 )
 def test_invalid_values_fail_naming_the_key(override, key, fragment):
@@ -72,3 +79,14 @@ def test_digest_changes_with_any_value():
     changed = copy.deepcopy(raw)
     changed["train"]["sr4ir"]["tdp_weight"] = 0.5
     assert parse_params(raw).digest() != parse_params(changed).digest()
+
+
+def test_the_paper_segmenter_is_one_arch_switch_away():
+    """DeepLabV3 with its auxiliary head, as the paper, with the aux weight beside it."""
+    from src.tasks import TASKS
+    import torch
+
+    p = parse_params({"seg": {"arch": "deeplabv3_mobilenet_v3_large", "loss_weights": {"loss_ce": 1.0, "loss_aux": 0.5}}})
+    task = TASKS["seg"](p.seg, num_classes=8)
+    terms = task.losses(task.build_model().train(), torch.rand(2, 3, 64, 64), torch.zeros(2, 64, 64, dtype=torch.long))
+    assert set(terms) == {"loss_ce", "loss_aux"}

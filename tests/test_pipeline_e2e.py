@@ -18,6 +18,7 @@ from tests.conftest import TINY
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ("h2t", "l2t", "s2t", "t2s", "joint", "sr4ir")
+TASKS = {"cls": "top1", "seg": "miou", "det": "map"}  # every task runs by default
 # Generated state stays behind: only the repository's own files travel to the copy.
 TOP_LEVEL_SKIP = {".venv", ".git", "data", "models", "metrics", "reports", "mlruns", "mlflow.db", "optuna.db", ".pytest_cache"}
 ANYWHERE_SKIP = shutil.ignore_patterns("__pycache__", "*.egg-info")
@@ -72,26 +73,29 @@ def project(tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
-def test_repro_writes_every_method_and_the_report(project):
-    for m in METHODS:
-        metrics = json.loads((project / "metrics/eval/cls" / f"{m}.json").read_text())
-        assert 0.0 <= metrics["top1"] <= 100.0
-        if m != "h2t":
-            assert math.isfinite(metrics["psnr"]) and metrics["psnr"] > 5.0
-        assert (project / "models/cls" / m / "rec.pt").is_file()
+def test_repro_writes_every_method_of_every_task_and_the_report(project):
+    for task, metric in TASKS.items():
+        for m in METHODS:
+            metrics = json.loads((project / "metrics/eval" / task / f"{m}.json").read_text())
+            assert 0.0 <= metrics[metric] <= 100.0
+            if m != "h2t":
+                assert math.isfinite(metrics["psnr"]) and metrics["psnr"] > 5.0
+            assert (project / "models" / task / m / "rec.pt").is_file()
     report = (project / "reports/report.md").read_text()
     assert [line for line in report.splitlines() if line.startswith("# ")] == ["# SR4IR study report"]
+    assert [line for line in report.splitlines() if line.startswith("## Task")] == [f"## Task: {t}" for t in TASKS]
     for label in ("H2T", "L2T", "S→T", "T→S", "S+T", "SR4IR"):
-        assert f"| {label} |" in report
+        assert report.count(f"| {label} |") == len(TASKS)  # one table per task
     csv_lines = (project / "reports/results.csv").read_text().splitlines()
-    assert len(csv_lines) == 1 + len(METHODS)
+    assert len(csv_lines) == 1 + len(TASKS) * len(METHODS)
     for fig in re.findall(r"!\[[^]]*\]\(([^)]+)\)", report):  # every figure the report references exists
         assert (project / "reports" / fig).stat().st_size > 1000, fig
-    assert "figures/cls_qualitative.png" in report
+    for task in TASKS:
+        assert f"figures/{task}_qualitative.png" in report and f"figures/{task}_results.png" in report
     html = (project / "reports/report.html").read_text()
-    assert html.count("<img") == 2 and "src=\"figures/" not in html  # self-contained: data URIs only
+    assert html.count("<img") == 2 * len(TASKS) and "src=\"figures/" not in html  # self-contained: data URIs only
     for label in ("H2T", "L2T", "S→T", "T→S", "S+T", "SR4IR"):
-        assert f"<td>{label}</td>" in html
+        assert html.count(f"<td>{label}</td>") == len(TASKS)
 
 
 @pytest.mark.slow
@@ -100,10 +104,11 @@ def test_dvc_plots_render_the_training_curves(project):
     shown, _ = json.JSONDecoder().raw_decode(out[out.index("{"):])
     assert not shown.get("errors"), shown.get("errors")
     data = shown["data"]
-    curves = [k for k in data if "Validation top-1 per epoch" in k]
-    assert curves, sorted(data)
-    points = json.dumps(data[curves[0]])
-    assert all(m in points for m in ("h2t", "sr4ir"))  # one curve per method file
+    for title in ("Validation top-1 per epoch", "Validation mIoU per epoch", "Validation mAP per epoch"):
+        curves = [k for k in data if title in k]
+        assert curves, (title, sorted(data))
+        points = json.dumps(data[curves[0]])
+        assert all(m in points for m in ("h2t", "sr4ir"))  # one curve per method file
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -125,7 +130,7 @@ def test_report_html_renders_in_headless_chromium_with_no_missing_images(project
         capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert 'data-broken="0"' in out.stdout
-    assert 'data-images="2"' in out.stdout
+    assert f'data-images="{2 * len(TASKS)}"' in out.stdout
 
 
 def _runs(project: Path):
@@ -136,7 +141,8 @@ def _runs(project: Path):
     return client, client.search_runs([exp.experiment_id], max_results=1000)
 
 
-STAGE_RUNS = {"download", "degrade", "pretrain_sr", *(f"{s}/cls/{m}" for s in ("train", "evaluate") for m in METHODS), "report"}
+STAGE_RUNS = {"download", "degrade", "pretrain_sr", "report",
+              *(f"{s}/{t}/{m}" for s in ("train", "evaluate") for t in TASKS for m in METHODS)}
 
 
 @pytest.mark.slow

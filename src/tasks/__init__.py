@@ -8,9 +8,10 @@ from pathlib import Path
 from src.config import Params
 from src.tasks.base import Task
 from src.tasks.cls import ClassificationTask
+from src.tasks.det import DetectionTask
 from src.tasks.seg import SegmentationTask
 
-TASKS = {"cls": ClassificationTask, "seg": SegmentationTask}
+TASKS = {"cls": ClassificationTask, "seg": SegmentationTask, "det": DetectionTask}
 
 
 def build_task(name: str, params: Params, raw: Path) -> Task:

@@ -12,6 +12,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -40,7 +41,12 @@ class Task(Protocol):
         ...
     def predict(self, model: nn.Module, images: torch.Tensor) -> Any: ...
     def new_metric(self) -> Metric: ...
-    def frozen(self, model: nn.Module) -> contextlib.AbstractContextManager[None]: ...
+    def frozen(self, model: nn.Module) -> contextlib.AbstractContextManager[None]:
+        """Use ``model`` as a fixed critic whose ``losses`` and ``features`` still work (no parameter gradients)."""
+        ...
+    def to_numpy(self, values: Any) -> np.ndarray:
+        """A batch of predictions or targets as one array (saved with the qualitative samples)."""
+        ...
     def draw(self, ax: Any, image: Any, pred: Any, target: Any, class_names: Sequence[str]) -> None:
         """Show one (H, W, 3) uint8 image on a matplotlib axis with the prediction drawn on it."""
         ...
@@ -84,3 +90,15 @@ def weighted_sum(terms: Mapping[str, torch.Tensor], weights: Mapping[str, float]
     if missing or unused:
         raise KeyError(f"loss terms {sorted(terms)} do not match loss weights {sorted(weights)}")
     return sum(weights[k] * v for k, v in terms.items())
+
+
+def set_bn_momentum(model: nn.Module, momentum: float) -> None:
+    """Set the running-statistics momentum of every BatchNorm layer.
+
+    torchvision's MobileNetV3 uses 0.01, tuned for hundreds of ImageNet epochs: trained from scratch for a
+    few hundred steps, its running statistics barely leave their initial values and eval-mode outputs
+    collapse (a detector then scores every box ~1e-11). Seg and det take ``bn_momentum`` from params.
+    """
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.momentum = momentum

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 import torchvision
@@ -67,21 +68,34 @@ class ClassificationTask:
         return Classifier(net)
 
     def load_targets(self, split_dir: Path, names: Sequence[str]) -> list[int]:
+        """The class id of each image from ``labels.csv``; a bad row fails only for the image it labels."""
         path = split_dir / "labels.csv"
+        rows: dict[str, list[str | None]] = {}
         try:
             with path.open(newline="") as f:
-                labels = {row["id"]: int(row["label"]) for row in csv.DictReader(f)}
+                reader = csv.DictReader(f)
+                if reader.fieldnames is None or not {"id", "label"} <= set(reader.fieldnames):
+                    raise ValueError(f"{path}: expected a header with columns id,label, got {reader.fieldnames}")
+                for row in reader:
+                    rows.setdefault(row["id"], []).append(row["label"])
         except FileNotFoundError:
             raise FileNotFoundError(f"{path}: missing (classification labels)") from None
-        except (KeyError, ValueError) as err:
-            raise ValueError(f"{path}: expected columns id,label with integer labels ({err})") from None
+        except (csv.Error, UnicodeDecodeError) as err:
+            raise ValueError(f"{path}: not a readable CSV file ({err})") from None
         out = []
         for n in names:
-            if n not in labels:
+            found = rows.get(n)
+            if not found:
                 raise KeyError(f"{path}: no label for image {n!r}")
-            if not 0 <= labels[n] < self.num_classes:
-                raise ValueError(f"{path}: image {n!r} has class id {labels[n]}, outside [0, {self.num_classes})")
-            out.append(labels[n])
+            if len(set(found)) > 1:
+                raise ValueError(f"{path}: image {n!r} has {len(found)} rows with different labels {found}")
+            try:
+                label = int(found[0])  # type: ignore[arg-type]
+            except (TypeError, ValueError):
+                raise ValueError(f"{path}: image {n!r} has label {found[0]!r}, not an integer class id") from None
+            if not 0 <= label < self.num_classes:
+                raise ValueError(f"{path}: image {n!r} has class id {label}, outside [0, {self.num_classes})")
+            out.append(label)
         return out
 
     def collate_targets(self, targets: list[int]) -> torch.Tensor:
@@ -100,6 +114,9 @@ class ClassificationTask:
 
     def predict(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
         return model(images).argmax(dim=1)
+
+    def to_numpy(self, values: torch.Tensor) -> np.ndarray:
+        return values.cpu().numpy()  # (N,) class ids
 
     def new_metric(self) -> "Top1":
         return Top1()

@@ -1,5 +1,6 @@
-"""Semantic segmentation: torchvision DeepLabV3-MobileNetV3-Large with its auxiliary head; TDP on the
-backbone's last features (C5); mIoU from a confusion matrix over the val split, ignoring 255."""
+"""Semantic segmentation: torchvision LR-ASPP or DeepLabV3 (the paper's, with its auxiliary head) over a
+dilated MobileNetV3-Large; TDP on the backbone's last features (C5); mIoU from a confusion matrix over the
+val split, ignoring 255."""
 
 from __future__ import annotations
 
@@ -11,17 +12,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import torchvision
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from torch import nn
 
 from src.config import SegConfig
-from src.tasks.base import Normalize, frozen_critic
+from src.tasks.base import Normalize, frozen_critic, set_bn_momentum
 
 IGNORE = 255
 
 
 class Segmenter(nn.Module):
-    """ImageNet normalisation + a torchvision DeepLabV3; ``forward_features`` exposes the backbone levels."""
+    """ImageNet normalisation + a torchvision segmenter; ``forward_features`` exposes the backbone levels."""
 
     def __init__(self, net: nn.Module):
         super().__init__()
@@ -30,11 +31,14 @@ class Segmenter(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         feats = self.net.backbone(self.normalize(x))
-        # C5: (B, 960, H/16, W/16), the dilated backbone's last 1x1 conv; C2: (B, 40, H/8, W/8), the aux input.
-        return {"C5": feats["out"], "C2": feats["aux"]}
+        # C5: (B, 960, H/16, W/16), the dilated backbone's last 1x1 conv; C2: (B, 40, H/8, W/8), features[4]
+        # (DeepLabV3 names them out/aux, LR-ASPP high/low: the same two layers).
+        if "out" in feats:
+            return {"C5": feats["out"], "C2": feats["aux"]}
+        return {"C5": feats["high"], "C2": feats["low"]}
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.net(self.normalize(x))  # {"out": (B, K, H, W), "aux": (B, K, H, W)}
+        return self.net(self.normalize(x))  # {"out": (B, K, H, W)} (+ "aux" for DeepLabV3)
 
 
 class SegmentationTask:
@@ -51,28 +55,54 @@ class SegmentationTask:
     def build_model(self) -> nn.Module:
         weights_backbone = "DEFAULT" if self.cfg.pretrained_backbone else None
         try:
+            aux = {"aux_loss": True} if self.cfg.arch.startswith("deeplabv3") else {}
             net = torchvision.models.get_model(self.cfg.arch, weights=None, weights_backbone=weights_backbone,
-                                               num_classes=self.num_classes, aux_loss=True)
+                                               num_classes=self.num_classes, **aux)
         except Exception as err:  # noqa: BLE001 - any download failure gets the same advice
             raise RuntimeError(f"seg.pretrained_backbone: could not load ImageNet weights ({err}); "
                                "set seg.pretrained_backbone: false") from err
+        set_bn_momentum(net, self.cfg.bn_momentum)
         return Segmenter(net)
 
     def load_targets(self, split_dir: Path, names: Sequence[str]) -> list[Path]:
-        paths = [split_dir / "masks" / f"{n}.png" for n in names]
-        for p in paths:
-            if not p.is_file():
-                raise FileNotFoundError(f"{p}: segmentation mask missing")
-        return paths  # read lazily, one per sample
+        """Mask paths (read lazily, one per sample), each checked now: it decodes, is a single-channel class
+        map of the image's size, and holds only known class ids (~0.1 ms per 64-px mask)."""
+        paths = []
+        for n in names:
+            p = split_dir / "masks" / f"{n}.png"
+            mask = self._decode(p)
+            image = split_dir / "images" / f"{n}.png"
+            try:
+                with Image.open(image) as im:
+                    width, height = im.size
+            except (OSError, SyntaxError, ValueError):  # missing or unreadable: the dataset reports the image
+                pass
+            else:
+                if mask.shape != (height, width):
+                    raise ValueError(f"{p}: mask is {mask.shape[1]}x{mask.shape[0]} but its image {image.name} "
+                                     f"is {width}x{height}")
+            paths.append(p)
+        return paths
+
+    def _decode(self, path: Path) -> np.ndarray:
+        """(H, W) uint8 class map, or an error naming the file and the problem."""
+        try:
+            with Image.open(path) as im:
+                if im.mode not in ("L", "P"):
+                    raise ValueError(f"{path}: mask has mode {im.mode}; expected a single-channel class map (L or P)")
+                mask = np.asarray(im, dtype=np.uint8)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{path}: segmentation mask missing") from None
+        except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as err:
+            raise ValueError(f"{path}: cannot decode mask (truncated or corrupt: {err})") from None
+        bad = (mask >= self.num_classes) & (mask != IGNORE)
+        if bad.any():
+            raise ValueError(f"{path}: class id {int(mask[bad][0])} outside [0, {self.num_classes}) and not {IGNORE}")
+        return mask
 
     def read_target(self, target: Any) -> torch.Tensor:
         if isinstance(target, Path):
-            with Image.open(target) as im:
-                mask = torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).long()
-            bad = ((mask >= self.num_classes) & (mask != IGNORE)).nonzero()
-            if len(bad):
-                raise ValueError(f"{target}: class id {int(mask[tuple(bad[0])])} outside [0, {self.num_classes}) and not {IGNORE}")
-            return mask
+            return torch.from_numpy(self._decode(target).copy()).long()
         return target
 
     def collate_targets(self, targets: list[Any]) -> torch.Tensor:
@@ -83,8 +113,10 @@ class SegmentationTask:
 
     def losses(self, model: nn.Module, images: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
         out = model(images)
-        return {"loss_ce": F.cross_entropy(out["out"], target, ignore_index=IGNORE),
-                "loss_aux": F.cross_entropy(out["aux"], target, ignore_index=IGNORE)}
+        terms = {"loss_ce": F.cross_entropy(out["out"], target, ignore_index=IGNORE)}
+        if "aux" in out:
+            terms["loss_aux"] = F.cross_entropy(out["aux"], target, ignore_index=IGNORE)
+        return terms
 
     def features(self, model: nn.Module, images: torch.Tensor) -> dict[str, torch.Tensor]:
         feats = model.forward_features(images)
@@ -92,6 +124,9 @@ class SegmentationTask:
 
     def predict(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
         return model(images)["out"].argmax(dim=1)  # the aux head is not used at test time
+
+    def to_numpy(self, values: torch.Tensor) -> np.ndarray:
+        return values.cpu().numpy()  # (N, H, W) class maps
 
     def new_metric(self) -> "ConfusionIoU":
         return ConfusionIoU(self.num_classes)
@@ -102,8 +137,7 @@ class SegmentationTask:
     def draw(self, ax: Any, image: Any, pred: Any, target: Any, class_names: Sequence[str]) -> None:
         import matplotlib.pyplot as plt
 
-        h, w = pred.shape  # the prediction is at the recogniser's input size; an LR image is stretched to it
-        ax.imshow(image, interpolation="nearest", extent=(-0.5, w - 0.5, h - 0.5, -0.5))
+        ax.imshow(image, interpolation="nearest")  # at the prediction's size (the report upsamples LR)
         colours = plt.get_cmap("tab10")(np.arange(self.num_classes) % 10)[:, :3]
         overlay = np.zeros((*pred.shape, 4))
         overlay[..., :3] = colours[pred]
