@@ -7,6 +7,7 @@ from pathlib import Path
 
 from pipeline import _stage, paths
 from src.config import load_params
+from src.data.dataset import bad_sample_policy
 from src.experiment import evaluate_method
 from src.methods import METHODS, TABLE_METHODS
 from src.report import plot_sample_grid
@@ -17,9 +18,12 @@ from src.utils import save_npz_atomic, write_json_atomic
 
 def main(args: argparse.Namespace) -> None:
     params = load_params()
-    with stage_run(f"evaluate/{args.task}/{args.method}", params, task=args.task, method=args.method) as run:
+    with (stage_run(f"evaluate/{args.task}/{args.method}", params, task=args.task, method=args.method) as run,
+          bad_sample_policy(params.data.on_bad_sample) as skipped):
         metrics, samples = evaluate_method(params, args.task, args.method, paths.RAW, paths.LR,
                                            paths.model_dir(args.task, args.method), n_samples=params.eval.n_samples)
+        metrics["n_skipped"] = len(skipped.get("val", []))  # data.on_bad_sample: skip
+        run.log_metrics({"data/skipped_val": metrics["n_skipped"]})
         out = paths.eval_metrics(args.task, args.method)
         write_json_atomic(out, metrics)
         save_npz_atomic(paths.eval_samples(args.task, args.method), **samples)

@@ -7,6 +7,13 @@ LR = Path("data/lr")
 SR_PRETRAINED = Path("models/sr_pretrained.pt")
 PRETRAIN_HISTORY = Path("metrics/train/sr_pretrain.json")
 REPORTS = Path("reports")
+# Training checkpoints: not DVC outputs (DVC deletes outputs before a stage runs), so they survive a crash;
+# a stage deletes its own once its outputs are written.
+CHECKPOINTS = Path("checkpoints")
+
+
+def checkpoint(task: str, method: str) -> Path:
+    return CHECKPOINTS / task / f"{method}.pt"
 
 
 def model_dir(task: str, method: str) -> Path:

@@ -6,7 +6,9 @@ import logging
 import torch
 
 from pipeline import _stage, paths
+from src.checkpoint import Checkpointing, discard
 from src.config import load_params
+from src.data.dataset import bad_sample_policy
 from src.experiment import train_method
 from src.methods import METHODS, TABLE_METHODS
 from src.tasks import TASKS
@@ -18,7 +20,10 @@ def main(args: argparse.Namespace) -> None:
     params = load_params()
     method = METHODS[args.method]
     out = paths.model_dir(args.task, args.method)
-    with stage_run(f"train/{args.task}/{args.method}", params, task=args.task, method=args.method) as run:
+    with (stage_run(f"train/{args.task}/{args.method}", params, task=args.task, method=args.method) as run,
+          bad_sample_policy(params.data.on_bad_sample) as skipped):
+        # Resumes from checkpoints/<task>/<method>.pt when a killed run of the same params left one.
+        ckpt = Checkpointing(paths.checkpoint(args.task, args.method), params.digest(), params.train.checkpoint_every_steps)
         result = train_method(
             params,
             args.task,
@@ -28,6 +33,7 @@ def main(args: argparse.Namespace) -> None:
             sr_init=paths.SR_PRETRAINED if method.sr_from_pretrained else None,
             rec_init=paths.model_dir(args.task, method.rec_from) / "rec.pt" if method.rec_from else None,
             callbacks=[run.callback],
+            checkpoint=ckpt,
         )
         with atomic_path(out) as tmp:
             tmp.mkdir()
@@ -37,10 +43,13 @@ def main(args: argparse.Namespace) -> None:
         # DVC plots need the same fields in every record: a term not yet computed (TDP in the warm-up) is 0.
         keys = sorted({k for record in result.history for k in record})
         epochs = [{k: record.get(k, 0.0) for k in keys} for record in result.history]
-        write_json_atomic(history, {"seconds": result.seconds, "epochs": epochs})
+        n_skipped = {split: len(bad) for split, bad in sorted(skipped.items())}  # data.on_bad_sample: skip
+        write_json_atomic(history, {"seconds": result.seconds, "epochs": epochs, "skipped": n_skipped})
+        run.log_metrics({f"data/skipped_{split}": n for split, n in n_skipped.items()})
         run.tag_outputs(sorted(out.glob("*.pt")))
         run.tag_identity([out])
         run.log_artifact(history)
+        discard(ckpt)
     logging.info("train %s/%s: %.0f s, last epoch %s", args.task, args.method, result.seconds, result.history[-1])
 
 

@@ -35,8 +35,8 @@ class Strict(BaseModel):
 class SyntheticConfig(Strict):
     """The embedded generator (``src/data/synthetic.py``)."""
 
-    num_train: PosInt = 1200
-    num_val: PosInt = 500
+    num_train: PosInt = 1000
+    num_val: PosInt = 400
     image_size: Annotated[int, Field(ge=16)] = 64
     max_objects: PosInt = 3
     period: Annotated[float, Field(ge=2.0)] = 5.0  # grating period in HR pixels
@@ -125,8 +125,8 @@ class DetConfig(Strict):
 
     The defaults size the network for a CPU and 64-px images; the paper's detector is
     ``fpn_stages [13, 16]``, ``fpn_channels 256``, ``representation_size 1024``, anchors
-    ``[[32, 64, 128, 256, 512]] * 3``, ``rpn_post_nms_top_n_train 2000``, ``box_batch_size_per_image 512``,
-    ``min_size 800`` (configs/paper/det.yaml).
+    ``[[32, 64, 128, 256, 512]] * 3``, ``rpn_post_nms_top_n_train 2000``, ``rpn_post_nms_top_n_test 1000``,
+    ``box_batch_size_per_image 512``, ``roi_sampling_ratio 2``, ``min_size 800``.
     """
 
     arch: Literal["fasterrcnn_mobilenet_v3_large_fpn"] = "fasterrcnn_mobilenet_v3_large_fpn"
@@ -136,8 +136,10 @@ class DetConfig(Strict):
     fpn_channels: PosInt = 64
     representation_size: PosInt = 256  # width of the box head's two fully connected layers
     anchor_sizes: list[list[PosInt]] = [[8, 12], [16, 24], [32, 48]]  # per FPN level, the max-pooled level last
-    rpn_post_nms_top_n_train: PosInt = 32  # proposals kept per image in training (test: 100)
-    box_batch_size_per_image: PosInt = 16  # sampled proposals per image for the box head's loss
+    rpn_post_nms_top_n_train: PosInt = 64  # proposals kept per image in training
+    rpn_post_nms_top_n_test: PosInt = 50  # ... at test time (few objects per image here; the paper: 1000)
+    box_batch_size_per_image: PosInt = 32  # sampled proposals per image for the box head's loss
+    roi_sampling_ratio: PosInt = 1  # RoIAlign samples per bin side (the paper: 2; 1 halves the CPU step here)
     min_size: PosInt | None = None  # None: no internal resize (the detector sees the SR output at its own size)
     optim: OptimConfig = OptimConfig(name="adamw", lr=3.0e-3, momentum=0.0, weight_decay=1.0e-4, eta_min=1.0e-6)
     loss_weights: dict[str, NonNegFloat] = {"loss_classifier": 1.0, "loss_box_reg": 1.0, "loss_objectness": 1.0, "loss_rpn_box_reg": 1.0}
@@ -190,6 +192,12 @@ class SR4IRConfig(Strict):
 class TrainConfig(Strict):
     epochs: PosInt = 6
     batch_size: PosInt = 32
+    checkpoint_every_steps: NonNegInt = 0  # resume checkpoints also inside epochs (0: after each epoch only)
+    # Speed switches of the SR4IR step (python -m src.bench measures them). Off: the exact fp32 step.
+    amp: Literal["none", "bf16"] = "none"  # bf16 autocast (close to fp32, not equal; GPU)
+    compile: bool = False  # torch.compile the SR network and the recogniser's trunk
+    channels_last: bool = False  # NHWC memory format (same math, float-level differences)
+    tdp_batched: bool = False  # SR and HR TDP features in one forward (exact; slower on CPU, see bench)
     sr_optim: OptimConfig = OptimConfig(name="adamw", lr=2.0e-4, eta_min=1.0e-6)
     h2t: RecogniserOnly = RecogniserOnly()
     l2t: L2TConfig = L2TConfig()

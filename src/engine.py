@@ -6,6 +6,8 @@ behind ``Task``. Nothing here imports a tracker: progress leaves through ``Callb
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 import time
 from collections import defaultdict
@@ -19,6 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from src import checkpoint as ckpt
+from src.checkpoint import Checkpointing
 from src.config import OptimConfig, Params
 from src.cqmix import cqmix
 from src.data.dataset import Batch
@@ -53,6 +57,11 @@ class Setup:
     mix_generator: torch.Generator | None = None  # CQMix masks: their own stream, so data order is unaffected
     sr_eta_min: float = 0.0  # floors of the cosine schedules, from the optimiser configs that built opt_sr/opt_rec
     rec_eta_min: float = 0.0
+    # Speed settings of the SR4IR step (``alternate_step``); apply the model-side ones with ``prepare_for_speed``.
+    tdp_batched: bool = False  # SR and HR TDP features in one forward when exact (opt-in: see _tdp_features)
+    amp_dtype: torch.dtype | None = None  # e.g. torch.bfloat16: autocast the forwards (opt-in; not exact)
+    channels_last: bool = False  # NHWC networks and inputs (same math, float-level differences)
+    compile: bool = False  # torch.compile the SR network and the recogniser's trunk (opt-in)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -93,9 +102,13 @@ def freeze(net: nn.Module) -> None:
         p.requires_grad_(False)
 
 
-def _update(optimizers: Sequence[torch.optim.Optimizer], loss: torch.Tensor, what: str) -> None:
+def _update(optimizers: Sequence[torch.optim.Optimizer], loss: torch.Tensor, what: str,
+            terms: Mapping[str, torch.Tensor] | None = None) -> None:
+    """One optimiser step on ``loss``; a NaN or inf loss stops before it reaches the weights, naming the
+    offending terms."""
     if not torch.isfinite(loss):
-        raise FloatingPointError(f"non-finite {what} ({loss.item()}); stopping before it reaches the weights")
+        bad = [f"{k}={float(v)}" for k, v in (terms or {}).items() if not torch.isfinite(v)]
+        raise FloatingPointError(f"non-finite {what} ({loss.item()}; terms: {', '.join(bad) or 'n/a'})")
     for opt in optimizers:
         opt.zero_grad(set_to_none=True)
     loss.backward()
@@ -142,7 +155,7 @@ def critic_step(s: Setup, batch: Batch, tdp_on: bool) -> dict[str, torch.Tensor]
     pix = F.l1_loss(sr_out, batch.hr)
     with s.task.frozen(s.rec):
         task = _task_loss(s, sr_out, batch.target)
-    _update([s.opt_sr], s.loss_cfg.pix_weight * pix + s.loss_cfg.task_weight * task, "T2S loss")
+    _update([s.opt_sr], s.loss_cfg.pix_weight * pix + s.loss_cfg.task_weight * task, "T2S loss", {"loss_pix": pix, "loss_task": task})
     return {"loss_pix": pix, "loss_task": task}
 
 
@@ -151,38 +164,105 @@ def joint_step(s: Setup, batch: Batch, tdp_on: bool) -> dict[str, torch.Tensor]:
     sr_out = s.sr(batch.lr)
     pix = F.l1_loss(sr_out, batch.hr)
     task = _task_loss(s, sr_out, batch.target)
-    _update([s.opt_sr, s.opt_rec], s.loss_cfg.pix_weight * pix + s.loss_cfg.task_weight * task, "S+T loss")
+    _update([s.opt_sr, s.opt_rec], s.loss_cfg.pix_weight * pix + s.loss_cfg.task_weight * task, "S+T loss",
+            {"loss_pix": pix, "loss_task": task})
     return {"loss_pix": pix, "loss_task": task}
 
 
+# Batch-dependent layers: in train mode their output for one sample depends on the rest of the batch (or on
+# RNG draws whose order depends on the batch size), so features of a concatenated batch would differ.
+_BATCH_COUPLED = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd, nn.modules.instancenorm._InstanceNorm)
+
+
+def _batch_independent(net: nn.Module) -> bool:
+    """True when every layer maps each sample on its own (BN in eval mode, no active dropout)."""
+    return not any(m.training for m in net.modules() if isinstance(m, _BATCH_COUPLED))
+
+
+def _autocast(s: Setup, x: torch.Tensor) -> contextlib.AbstractContextManager[Any]:
+    if s.amp_dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(x.device.type, dtype=s.amp_dtype)
+
+
+def _memory_format(s: Setup, x: torch.Tensor) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last) if s.channels_last and x.dim() == 4 else x
+
+
+def _tdp_features(s: Setup, sr_out: torch.Tensor, hr: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """TDP features of SR (with a graph back to SR) and of HR (a target: no graph), inside ``task.frozen``.
+
+    With a batch-independent critic (eval-mode BN, ``Task.frozen``) one forward over ``cat([SR, HR])`` gives
+    the same features as two forwards (up to float rounding of the larger batch); otherwise two forwards.
+    The batched forward's backward also runs through the (detached) HR half: one launch sequence fewer, but
+    more backward FLOPs (+4% per cls step) and the activations of both halves kept for backward (+24% peak
+    memory for cls on CUDA). Measured (``python -m src.bench``): ~15% slower on a 2-core CPU, within noise on
+    an H200; hence opt-in (``Setup.tdp_batched``).
+    """
+    if s.tdp_batched and _batch_independent(s.rec):
+        b = sr_out.shape[0]
+        both = s.task.features(s.rec, torch.cat([sr_out.float(), hr]))
+        return {k: v[:b] for k, v in both.items()}, {k: v[b:].detach() for k, v in both.items()}
+    with torch.no_grad():  # the HR features are a target: no graph needed
+        f_hr = s.task.features(s.rec, hr)
+    return s.task.features(s.rec, sr_out), f_hr
+
+
 def alternate_step(s: Setup, batch: Batch, tdp_on: bool) -> dict[str, torch.Tensor]:
-    """SR4IR: phase 1 updates SR against a frozen critic; phase 2 updates the recogniser on SR, HR, CQMix."""
+    """SR4IR: phase 1 updates SR against a frozen critic; phase 2 updates the recogniser on SR, HR, CQMix.
+
+    ``src.reference.reference_alternate_step`` is the same math written the way the official code runs it;
+    this one builds no autograd graph where no gradient is needed (phase-2 SR, HR features) and can batch
+    the TDP forwards (``Setup.tdp_batched``). ``Setup.amp_dtype``/``channels_last`` are opt-in speed-ups.
+    """
     cfg = s.loss_cfg
+    lr, hr = _memory_format(s, batch.lr), _memory_format(s, batch.hr)
     # Phase 1: SR step. L1, plus TDP after the warm-up; the recogniser is a fixed critic (eval, no grads).
-    sr_out = s.sr(batch.lr)  # (B, 3, sH, sW), unclamped
-    terms = {"loss_pix": F.l1_loss(sr_out, batch.hr)}
-    phase1 = cfg.pix_weight * terms["loss_pix"]
-    if tdp_on:
-        with s.task.frozen(s.rec):
-            with torch.no_grad():  # the HR features are a target: no graph needed
-                f_hr = s.task.features(s.rec, batch.hr)
-            f_sr = s.task.features(s.rec, sr_out)
-            terms["loss_tdp"] = tdp_loss(f_sr, f_hr, s.tdp_layers)
-        phase1 = phase1 + cfg.tdp_weight * terms["loss_tdp"]
-    _update([s.opt_sr], phase1, "SR4IR phase-1 loss")
+    with _autocast(s, lr):
+        sr_out = s.sr(lr)  # (B, 3, sH, sW), unclamped
+        terms = {"loss_pix": F.l1_loss(sr_out.float(), hr)}
+        phase1 = cfg.pix_weight * terms["loss_pix"]
+        if tdp_on:
+            with s.task.frozen(s.rec):
+                f_sr, f_hr = _tdp_features(s, sr_out, hr)
+            terms["loss_tdp"] = tdp_loss({k: v.float() for k, v in f_sr.items()}, {k: v.float() for k, v in f_hr.items()}, s.tdp_layers)
+            phase1 = phase1 + cfg.tdp_weight * terms["loss_tdp"]
+    _update([s.opt_sr], phase1, "SR4IR phase-1 loss", terms)
 
     # Phase 2: recogniser step on SR (recomputed with the updated SR, no graph), HR and their patch mix.
-    if cfg.recompute_sr_phase2:
-        with torch.no_grad():
-            sr_out = s.sr(batch.lr)
-    sr_out = sr_out.detach()
-    mixed = cqmix(sr_out, batch.hr, s.cqmix_grid, cfg.cqmix_p, s.mix_generator)
-    terms["loss_task_sr"] = _task_loss(s, sr_out, batch.target)
-    terms["loss_task_hr"] = _task_loss(s, batch.hr, batch.target)
-    terms["loss_task_cqmix"] = _task_loss(s, mixed, batch.target)
-    phase2 = cfg.sr_weight * terms["loss_task_sr"] + cfg.hr_weight * terms["loss_task_hr"] + cfg.cqmix_weight * terms["loss_task_cqmix"]
-    _update([s.opt_rec], phase2, "SR4IR phase-2 loss")
+    with _autocast(s, lr):
+        if cfg.recompute_sr_phase2:
+            with torch.no_grad():
+                sr_out = s.sr(lr)
+        sr_out = sr_out.detach().float()
+        mixed = _memory_format(s, cqmix(sr_out, hr, s.cqmix_grid, cfg.cqmix_p, s.mix_generator))
+        terms["loss_task_sr"] = _task_loss(s, sr_out, batch.target)
+        terms["loss_task_hr"] = _task_loss(s, hr, batch.target)
+        terms["loss_task_cqmix"] = _task_loss(s, mixed, batch.target)
+        phase2 = cfg.sr_weight * terms["loss_task_sr"] + cfg.hr_weight * terms["loss_task_hr"] + cfg.cqmix_weight * terms["loss_task_cqmix"]
+    _update([s.opt_rec], phase2, "SR4IR phase-2 loss", terms)
     return terms
+
+
+def prepare_for_speed(s: Setup) -> Setup:
+    """Apply the model-side speed settings of ``s`` in place (call once, after ``build_setup``).
+
+    ``channels_last``: SR and recogniser weights in NHWC (the same Parameter objects, so the optimisers
+    keep working). ``compile``: ``torch.compile`` in place (state-dict keys unchanged) of the SR network and
+    of the recogniser's conv trunk: its ``net.backbone`` where it has one (a detector's RPN and box heads have
+    data-dependent shapes and stay eager), else the whole recogniser (its ``forward``, i.e. the phase-2 losses).
+    """
+    nets = [n for n in (s.sr, s.rec) if n is not None]
+    if s.channels_last:
+        for net in nets:
+            net.to(memory_format=torch.channels_last)
+    if s.compile:
+        if s.sr is not None:
+            s.sr.compile(dynamic=False)
+        if s.rec is not None:
+            trunk = getattr(getattr(s.rec, "net", None), "backbone", None)
+            (trunk if isinstance(trunk, nn.Module) else s.rec).compile(dynamic=False)
+    return s
 
 
 STEPS: dict[str, Callable[[Setup, Batch, bool], dict[str, torch.Tensor]]] = {
@@ -205,21 +285,47 @@ def _set_modes(s: Setup) -> None:
         s.rec.train(s.method.trains_rec)
 
 
-def train_one_epoch(s: Setup, loader: DataLoader, device: torch.device, schedulers: Sequence[Any], tdp_on: bool, desc: str) -> dict[str, float]:
+@dataclass
+class EpochProgress:
+    """Where an epoch stands: batches done and the running loss sums (what a mid-epoch checkpoint keeps)."""
+
+    step: int = 0
+    sums: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    n: int = 0
+
+
+def train_one_epoch(
+    s: Setup,
+    loader: Any,
+    device: torch.device,
+    schedulers: Sequence[Any],
+    tdp_on: bool,
+    desc: str,
+    progress_in: EpochProgress | None = None,
+    on_step: Callable[[EpochProgress], None] | None = None,
+) -> dict[str, float]:
+    """One pass over ``loader``; returns the mean of each loss term. ``progress_in`` continues an epoch
+    (its batches must already be skipped in ``loader``); ``on_step`` sees the progress after every step."""
     _set_modes(s)
     step = STEPS[s.method.step]
-    sums: dict[str, float] = defaultdict(float)
-    n = 0
-    for batch in progress(loader, desc=desc):
+    prog = progress_in or EpochProgress()
+    total = len(loader) if hasattr(loader, "__len__") else None
+    for batch in progress(loader, desc=desc, total=total, initial=prog.step):
         batch = to_device(batch, device)
-        terms = step(s, batch, tdp_on)
+        try:
+            terms = step(s, batch, tdp_on)
+        except FloatingPointError as err:
+            raise FloatingPointError(f"{err}, at step {prog.step + 1} of {desc}") from None
         for sched in schedulers:
             sched.step()  # per iteration, like the official schedules
         b = batch.hr.shape[0]
         for k, v in terms.items():
-            sums[k] += float(v.detach()) * b
-        n += b
-    return {f"train/{k}": v / n for k, v in sums.items()}
+            prog.sums[k] += float(v.detach()) * b
+        prog.n += b
+        prog.step += 1
+        if on_step is not None:
+            on_step(prog)
+    return {f"train/{k}": v / max(prog.n, 1) for k, v in prog.sums.items()}
 
 
 @torch.inference_mode()
@@ -261,7 +367,7 @@ def collect_samples(s: Setup, loader: DataLoader, device: torch.device, n: int) 
     def u8(x: torch.Tensor) -> Any:
         return (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()  # (N, H, W, 3)
 
-    return {"lr": u8(lr), "view": u8(view), "hr": u8(hr), "pred": preds.cpu().numpy(), "target": target.cpu().numpy()}
+    return {"lr": u8(lr), "view": u8(view), "hr": u8(hr), "pred": s.task.to_numpy(preds), "target": s.task.to_numpy(target)}
 
 
 def fit(
@@ -273,10 +379,15 @@ def fit(
     warmup_epochs: int = 0,
     psnr_crop: int = 4,
     callbacks: Sequence[Callback] = (),
+    checkpoint: Checkpointing | None = None,
 ) -> list[dict[str, float]]:
     """Train for ``epochs``; evaluate after each epoch; return one record per epoch.
 
     The cosine schedule restarts when TDP switches on (periods [W, E - W], derived here in one place).
+    With ``checkpoint``, the full training state is saved after every epoch (and every
+    ``checkpoint.every_steps`` steps, and on SIGTERM), and a run started again with the same params resumes
+    from it and ends with the same weights as an uninterrupted run. A non-finite loss stops training with
+    the step named and the last good state saved.
     """
     iters = len(train_loader)
     periods = [warmup_epochs * iters, (epochs - warmup_epochs) * iters] if warmup_epochs else [epochs * iters]
@@ -285,20 +396,95 @@ def fit(
         schedulers.append(cosine_restart(s.opt_sr, periods, s.sr_eta_min))
     if s.opt_rec is not None:
         schedulers.append(cosine_restart(s.opt_rec, periods, s.rec_eta_min))
-    history = []
-    for epoch in range(1, epochs + 1):
-        t0 = time.perf_counter()
-        tdp_on = epoch > warmup_epochs and s.method.step == "alternate"
-        record: dict[str, float] = {"epoch": epoch}
-        record.update(train_one_epoch(s, train_loader, device, schedulers, tdp_on, desc=f"{s.method.name} epoch {epoch}/{epochs}"))
-        record["time/train_s"] = time.perf_counter() - t0
-        if val_loader is not None:
-            record.update({f"val/{k}": v for k, v in evaluate(s, val_loader, device, psnr_crop).items()})
-        record["time/epoch_s"] = time.perf_counter() - t0
-        history.append(record)
-        for cb in callbacks:
-            cb.on_epoch_end(epoch, record)
+    sampler = getattr(train_loader, "sampler", None)
+    set_epoch = getattr(sampler, "set_epoch", None)  # EpochSampler: the data order is a function of the epoch
+    history: list[dict[str, float]] = []
+    start, resumed = 1, None
+    if checkpoint is not None and (resumed := ckpt.load(checkpoint)) is not None:
+        _restore(s, schedulers, resumed)
+        history, start = list(resumed["history"]), int(resumed["epoch"])
+        logging.getLogger(__name__).info("resuming %s from %s: epoch %d, step %d", s.method.name, checkpoint.path, start, resumed["step"])
+
+    def snapshot(epoch: int, prog: EpochProgress) -> None:
+        ckpt.save(checkpoint, {
+            "epoch": epoch, "step": prog.step, "sums": dict(prog.sums), "n": prog.n, "history": history,
+            "sr": _state(s.sr), "rec": _state(s.rec), "opt_sr": _state(s.opt_sr), "opt_rec": _state(s.opt_rec),
+            "schedulers": [sched.state_dict() for sched in schedulers],
+            "rng": ckpt.rng_state(), "mix_rng": s.mix_generator.get_state() if s.mix_generator is not None else None,
+        })
+
+    with ckpt.stop_on_sigterm(checkpoint):
+        for epoch in range(start, epochs + 1):
+            t0 = time.perf_counter()
+            tdp_on = epoch > warmup_epochs and s.method.step == "alternate"
+            if set_epoch is not None:
+                set_epoch(epoch)
+            batches: Any = train_loader
+            prog = None
+            if resumed is not None and epoch == start:
+                prog = EpochProgress(int(resumed["step"]), defaultdict(float, resumed["sums"]), int(resumed["n"]))
+                batches = _resume_batches(train_loader, prog.step, resumed, s)
+
+            def on_step(p: EpochProgress, epoch: int = epoch) -> None:
+                if checkpoint is None:
+                    return
+                if checkpoint.stop_requested or (checkpoint.every_steps and p.step % checkpoint.every_steps == 0 and p.step < iters):
+                    snapshot(epoch, p)
+                if checkpoint.stop_requested:
+                    raise ckpt.Interrupted(f"stopped by SIGTERM at epoch {epoch}, step {p.step}; checkpoint {checkpoint.path} "
+                                           "saved: run the stage again to resume")
+
+            record: dict[str, float] = {"epoch": epoch}
+            try:
+                record.update(train_one_epoch(s, batches, device, schedulers, tdp_on,
+                                              desc=f"{s.method.name} epoch {epoch}/{epochs}", progress_in=prog, on_step=on_step))
+            except FloatingPointError as err:
+                if checkpoint is not None:  # the weights are the last good ones: the failing update never ran
+                    snapshot(epoch, EpochProgress())
+                    raise FloatingPointError(f"{err}; last good state saved to {checkpoint.path}") from None
+                raise
+            record["time/train_s"] = time.perf_counter() - t0
+            if val_loader is not None:
+                record.update({f"val/{k}": v for k, v in evaluate(s, val_loader, device, psnr_crop).items()})
+            record["time/epoch_s"] = time.perf_counter() - t0
+            history.append(record)
+            for cb in callbacks:
+                cb.on_epoch_end(epoch, record)
+            if checkpoint is not None:
+                snapshot(epoch + 1, EpochProgress())
     return history
+
+
+def _state(obj: Any) -> dict[str, Any] | None:
+    return None if obj is None else obj.state_dict()
+
+
+def _restore(s: Setup, schedulers: Sequence[Any], state: Mapping[str, Any]) -> None:
+    for obj, key in ((s.sr, "sr"), (s.rec, "rec"), (s.opt_sr, "opt_sr"), (s.opt_rec, "opt_rec")):
+        if obj is not None:
+            obj.load_state_dict(state[key])
+    for sched, sched_state in zip(schedulers, state["schedulers"], strict=True):
+        sched.load_state_dict(sched_state)
+
+
+def _resume_batches(loader: DataLoader, skip: int, state: Mapping[str, Any], s: Setup) -> Any:
+    """The epoch's batches after the first ``skip`` (the sampler already gives this epoch's order), with every
+    random stream set as it was when the checkpoint was written."""
+    it = iter(loader)
+    for _ in range(skip):
+        next(it)
+    ckpt.set_rng_state(state["rng"])
+    if s.mix_generator is not None and state["mix_rng"] is not None:
+        s.mix_generator.set_state(state["mix_rng"])
+
+    class _Rest:
+        def __len__(self) -> int:
+            return len(loader)
+
+        def __iter__(self) -> Any:
+            return it
+
+    return _Rest()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -359,7 +545,7 @@ def build_setup(
             opt_rec = build_optimizer([p for p in rec.parameters() if p.requires_grad], task_cfg.optim)
         else:
             freeze(rec)
-    return Setup(
+    setup = Setup(
         method=method,
         task=task,
         sr=sr,
@@ -375,4 +561,9 @@ def build_setup(
         mix_generator=torch.Generator().manual_seed(mix_seed),
         sr_eta_min=sr_optim.eta_min,
         rec_eta_min=task_cfg.optim.eta_min if task_cfg else 0.0,
+        tdp_batched=params.train.tdp_batched,
+        amp_dtype=torch.bfloat16 if params.train.amp == "bf16" else None,
+        channels_last=params.train.channels_last,
+        compile=params.train.compile,
     )
+    return prepare_for_speed(setup)

@@ -17,6 +17,7 @@ import torch
 
 from src.config import Params
 from src.data.dataset import PairedDataset, make_loader
+from src.checkpoint import Checkpointing
 from src.engine import Callback, build_setup, collect_samples, evaluate, fit, load_state
 from src.methods import METHODS
 from src.tasks import build_task
@@ -30,12 +31,12 @@ class TrainResult:
     seconds: float
 
 
-def _loaders(params: Params, task, raw: Path, lr: Path, batch_size: int, generator: torch.Generator, train_fraction: float = 1.0):
+def _loaders(params: Params, task, raw: Path, lr: Path, batch_size: int, train_fraction: float = 1.0):
     data = params.data
     train_ds = PairedDataset(raw, lr, "train", task, hflip=data.hflip, fraction=train_fraction)
     val_ds = PairedDataset(raw, lr, "val", task)
     return (
-        make_loader(train_ds, batch_size, True, data.num_workers, generator),
+        make_loader(train_ds, batch_size, True, data.num_workers, seed=params.seed),
         make_loader(val_ds, params.eval.batch_size, False, data.num_workers),
     )
 
@@ -44,16 +45,17 @@ def _cpu_state(net: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu() for k, v in net.state_dict().items()}
 
 
-def pretrain_sr(params: Params, raw: Path, lr: Path, callbacks: Sequence[Callback] = ()) -> TrainResult:
+def pretrain_sr(params: Params, raw: Path, lr: Path, callbacks: Sequence[Callback] = (),
+                checkpoint: Checkpointing | None = None) -> TrainResult:
     """SR alone with L1 on HR/LR pairs; the task network is not involved."""
     device = resolve_device(params.device)
-    generator = seed_everything(params.seed)
-    train_loader, val_loader = _loaders(params, None, raw, lr, params.pretrain_sr.batch_size, generator)
+    seed_everything(params.seed)
+    train_loader, val_loader = _loaders(params, None, raw, lr, params.pretrain_sr.batch_size)
     method = METHODS["sr_pretrain"]
     setup = build_setup(method, params, None, device=device, sr_optim=params.pretrain_sr.optim)
     t0 = time.perf_counter()
     history = fit(setup, train_loader, val_loader, params.pretrain_sr.epochs, device,
-                  psnr_crop=params.eval.psnr_crop_border, callbacks=callbacks)
+                  psnr_crop=params.eval.psnr_crop_border, callbacks=callbacks, checkpoint=checkpoint)
     return TrainResult({"sr": _cpu_state(setup.sr)}, history, time.perf_counter() - t0)
 
 
@@ -67,6 +69,7 @@ def train_method(
     rec_init: Path | None = None,
     callbacks: Sequence[Callback] = (),
     train_fraction: float = 1.0,
+    checkpoint: Checkpointing | None = None,
 ) -> TrainResult:
     """Train one method of Table 1 for one task (on the first ``train_fraction`` of the train split)."""
     method = METHODS[method_name]
@@ -75,14 +78,14 @@ def train_method(
     if method.rec_from is not None and rec_init is None:
         raise ValueError(f"method {method_name} starts from the {method.rec_from} recogniser: pass its path")
     device = resolve_device(params.device)
-    generator = seed_everything(params.seed)
+    seed_everything(params.seed)
     task = build_task(task_name, params, raw)
-    train_loader, val_loader = _loaders(params, task, raw, lr, params.train.batch_size, generator, train_fraction)
+    train_loader, val_loader = _loaders(params, task, raw, lr, params.train.batch_size, train_fraction)
     setup = build_setup(method, params, task, sr_init, rec_init, device, mix_seed=params.seed + 1)
     warmup = params.train.sr4ir.warmup_epochs if method.step == "alternate" else 0
     t0 = time.perf_counter()
     history = fit(setup, train_loader, val_loader, params.train.epochs, device, warmup_epochs=warmup,
-                  psnr_crop=params.eval.psnr_crop_border, callbacks=callbacks)
+                  psnr_crop=params.eval.psnr_crop_border, callbacks=callbacks, checkpoint=checkpoint)
     states = {}
     if setup.sr is not None:
         states["sr"] = _cpu_state(setup.sr)

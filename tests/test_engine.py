@@ -23,7 +23,7 @@ def _changed(before, net):
 def loaders(tiny_data, tiny_params):
     raw, lr = tiny_data
     task = build_task("cls", tiny_params, raw)
-    train = make_loader(PairedDataset(raw, lr, "train", task), 8, True, 0, torch.Generator().manual_seed(0))
+    train = make_loader(PairedDataset(raw, lr, "train", task), 8, True, 0, seed=0)
     val = make_loader(PairedDataset(raw, lr, "val", task), 8, False, 0)
     return task, train, val
 
@@ -79,7 +79,7 @@ def test_training_is_repeatable_on_cpu(loaders, tiny_params):
     def run():
         torch.manual_seed(0)
         s = build_setup(METHODS["sr4ir"], tiny_params, task, mix_seed=1)
-        loader = make_loader(raw_ds, 8, True, 0, torch.Generator().manual_seed(0))
+        loader = make_loader(raw_ds, 8, True, 0, seed=0)
         train_one_epoch(s, loader, torch.device("cpu"), [], tdp_on=True, desc="t")
         return s.sr.state_dict(), s.rec.state_dict()
 

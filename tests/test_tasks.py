@@ -101,7 +101,7 @@ def test_every_task_trains_through_the_same_loop(name, method, tiny_data, tiny_p
     raw, lr = tiny_data
     task = build_task(name, tiny_params, raw)
     ds = PairedDataset(raw, lr, "train", task)
-    loader = make_loader(ds, 8, True, 0, torch.Generator().manual_seed(0))
+    loader = make_loader(ds, 8, True, 0, seed=0)
     s = build_setup(METHODS[method], tiny_params, task)
     before = {k: v.clone() for k, v in (s.sr or s.rec).state_dict().items()}
     terms = train_one_epoch(s, loader, torch.device("cpu"), [], tdp_on=True, desc="t")

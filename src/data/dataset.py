@@ -1,16 +1,68 @@
-"""The paired dataset every training and evaluation stage reads: (LR, HR, task target)."""
+"""The paired dataset every training and evaluation stage reads: (LR, HR, task target).
+
+Every sample is checked when the dataset is built, in the main process and before any training: both
+images decode completely (a truncated PNG included), the split has one HR size (a batch stacks them) and
+one integer scale (LR * k == HR), and the task's targets load (class ids, boxes, mask sizes). A bad
+sample is an error naming the file and the problem (``data.on_bad_sample: error``, the default) or is
+dropped and listed in ``dataset.skipped`` (``skip``); a DataLoader worker never meets one.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import logging
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from src.data.degrade import read_rgb
 from src.tasks.base import Task
+
+log = logging.getLogger(__name__)
+
+ON_BAD_SAMPLE = ("error", "skip")
+# What a task's ``load_targets`` raises for a bad annotation (tasks name the file in the message).
+_TARGET_ERRORS = (KeyError, ValueError, TypeError, IndexError, OSError)
+_IMAGE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+_WARN_FIRST = 5  # bad samples named in the skip warning
+
+Skipped = list[tuple[str, str]]  # (file, problem)
+_POLICY: ContextVar[tuple[str, dict[str, Skipped]] | None] = ContextVar("bad_sample_policy", default=None)
+
+
+class DataError(ValueError):
+    """A bad sample or annotation file; the message names the file and the problem."""
+
+
+@contextlib.contextmanager
+def bad_sample_policy(mode: str) -> Iterator[dict[str, Skipped]]:
+    """Datasets built inside this block without an explicit ``on_bad_sample`` use ``mode``.
+
+    Yields a dict that collects, by split, what those datasets skipped (for a stage's metrics)::
+
+        with bad_sample_policy(params.data.on_bad_sample) as skipped:
+            train_method(...)
+        run.log_metrics({f"data/skipped_{split}": len(v) for split, v in skipped.items()})
+    """
+    _check_mode(mode)
+    skipped: dict[str, Skipped] = {}
+    token = _POLICY.set((mode, skipped))
+    try:
+        yield skipped
+    finally:
+        _POLICY.reset(token)
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in ON_BAD_SAMPLE:
+        raise ValueError(f"data.on_bad_sample: {mode!r} is not one of {list(ON_BAD_SAMPLE)}")
 
 
 @dataclass
@@ -23,26 +75,109 @@ class Batch:
 class PairedDataset(Dataset):
     """HR images from ``raw/<split>/images``, LR twins from ``lr/<split>``, targets via the task."""
 
-    def __init__(self, raw: Path, lr: Path, split: str, task: Task | None, hflip: bool = False, fraction: float = 1.0):
+    def __init__(self, raw: Path, lr: Path, split: str, task: Task | None, hflip: bool = False, fraction: float = 1.0,
+                 on_bad_sample: str | None = None):
         """``task=None`` gives image pairs only (SR pre-training): targets are ``None``.
 
         ``fraction`` keeps a fixed prefix of the split (its order is already random), for short tuning runs.
+        ``on_bad_sample`` is ``"error"`` or ``"skip"``; ``None`` takes the enclosing ``bad_sample_policy``
+        (``"error"`` outside one). Skipped samples are listed in ``self.skipped`` as (file, problem).
         """
+        policy = _POLICY.get()
+        mode = on_bad_sample or (policy[0] if policy else "error")
+        _check_mode(mode)
         self.hr_dir, self.lr_dir = raw / split / "images", lr / split
-        self.names = sorted(p.stem for p in self.hr_dir.glob("*.png"))
+        names = sorted(p.stem for p in self.hr_dir.glob("*.png"))
         if fraction < 1.0:
-            self.names = self.names[: max(1, round(fraction * len(self.names)))]
-        if not self.names:
-            raise FileNotFoundError(f"{self.hr_dir}: the '{split}' split is empty")
+            names = names[: max(1, round(fraction * len(names)))]
+        if not names:
+            raise FileNotFoundError(f"{self.hr_dir}: the '{split}' split is empty (no PNG images)")
+        if not self.lr_dir.is_dir():
+            raise FileNotFoundError(f"{self.lr_dir}: missing (run the degrade stage first)")
         self.task, self.hflip = task, hflip
-        self.targets = task.load_targets(raw / split, self.names) if task else [None] * len(self.names)
+
+        problems = self._check_images(names)
+        targets: dict[str, Any] = {}
+        if task is not None:
+            split_dir = raw / split
+            try:  # problems of the annotation file as a whole (unreadable, malformed): no single sample to drop
+                task.load_targets(split_dir, [])
+            except _TARGET_ERRORS as err:
+                if isinstance(err, FileNotFoundError):
+                    raise
+                raise DataError(_message(err)) from None
+            targets, bad = _targets_by_sample(task, split_dir, [n for n in names if n not in problems])
+            for n, msg in bad.items():
+                problems[n] = _file_and_problem(msg, self.hr_dir / f"{n}.png")
+
+        self.skipped: Skipped = [problems[n] for n in names if n in problems]
+        if self.skipped:
+            if mode == "error":
+                file, problem = self.skipped[0]
+                raise DataError(f"{file}: {problem} [{len(self.skipped)} of {len(names)} '{split}' samples are bad; "
+                                "data.on_bad_sample: skip drops them]")
+            shown = "; ".join(f"{f}: {p}" for f, p in self.skipped[:_WARN_FIRST])
+            more = f"; and {len(self.skipped) - _WARN_FIRST} more" if len(self.skipped) > _WARN_FIRST else ""
+            log.warning("skipping %d of %d '%s' samples (data.on_bad_sample: skip): %s%s",
+                        len(self.skipped), len(names), split, shown, more)
+        self.names = [n for n in names if n not in problems]
+        if not self.names:
+            raise DataError(f"{self.hr_dir}: all {len(names)} '{split}' samples are bad, nothing left to load "
+                            f"(first: {self.skipped[0][0]}: {self.skipped[0][1]})")
+        self.targets = [targets[n] for n in self.names] if task is not None else [None] * len(self.names)
+        if policy is not None and on_bad_sample is None:
+            policy[1][split] = list(self.skipped)
+
+    def _check_images(self, names: Sequence[str]) -> dict[str, tuple[str, str]]:
+        """The first problem of each bad sample's images, by name: (file, problem)."""
+        problems: dict[str, tuple[str, str]] = {}
+        hr_sizes: dict[str, tuple[int, int]] = {}
+        for n in names:
+            hr = self.hr_dir / f"{n}.png"
+            size = _decoded_size(hr)
+            if isinstance(size, str):
+                problems[n] = (str(hr), size)
+            else:
+                hr_sizes[n] = size
+        lr_sizes: dict[str, tuple[int, int]] = {}
+        scales: dict[str, int | None] = {}
+        for n in hr_sizes:
+            lr = self.lr_dir / f"{n}.png"
+            size = _decoded_size(lr)
+            if isinstance(size, str):
+                problems[n] = (str(lr), "LR twin missing (rerun the degrade stage)" if size == "missing" else size)
+            else:
+                lr_sizes[n] = size
+                scales[n] = _integer_scale(hr_sizes[n], size)
+        if not hr_sizes:
+            return problems
+        # The split has one HR size (a batch stacks its images) and one scale: take the most common ones.
+        hr_size = Counter(hr_sizes.values()).most_common(1)[0][0]
+        valid = [k for k in scales.values() if k]
+        scale = Counter(valid).most_common(1)[0][0] if valid else None
+        for n, size in hr_sizes.items():
+            if n in problems:
+                continue
+            hr, lr = self.hr_dir / f"{n}.png", self.lr_dir / f"{n}.png"
+            if scale is not None and min(size) < scale:
+                problems[n] = (str(hr), f"image is {_wxh(size)}, smaller than the split's scale factor {scale}")
+            elif size != hr_size:
+                problems[n] = (str(hr), f"image is {_wxh(size)} but the split's images are {_wxh(hr_size)} "
+                                        "(a batch needs one size; the pipeline does not crop)")
+            elif scales[n] is None:
+                problems[n] = (str(lr), f"LR image is {_wxh(lr_sizes[n])}, not the HR size {_wxh(size)} "
+                                        "divided by an integer scale")
+            elif scales[n] != scale:
+                problems[n] = (str(lr), f"LR image is {_wxh(lr_sizes[n])} = HR {_wxh(size)} / {scales[n]}, "
+                                        f"but the split's scale is {scale}")
+        return problems
 
     def __len__(self) -> int:
         return len(self.names)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, Any]:
         name = self.names[i]
-        hr = read_rgb(self.hr_dir / f"{name}.png")
+        hr = read_rgb(self.hr_dir / f"{name}.png")  # a file changed since the check: a ValueError naming it
         lr = read_rgb(self.lr_dir / f"{name}.png")
         if lr.shape[-2] * (hr.shape[-1] // max(lr.shape[-1], 1)) != hr.shape[-2]:
             raise ValueError(f"{self.lr_dir / name}.png: LR size {tuple(lr.shape[-2:])} does not match HR {tuple(hr.shape[-2:])}")
@@ -58,15 +193,111 @@ class PairedDataset(Dataset):
         return Batch(lr=torch.stack(lrs), hr=torch.stack(hrs), target=self.task.collate_targets(list(targets)) if self.task else None)
 
 
-def make_loader(ds: PairedDataset, batch_size: int, train: bool, num_workers: int, generator: torch.Generator | None = None) -> DataLoader:
+def _decoded_size(path: Path) -> tuple[int, int] | str:
+    """(width, height) of an image that decodes completely, or its problem ("missing" when absent).
+
+    ``Image.verify`` misses a truncated pixel stream; a full decode costs ~0.1 ms for a 64-px PNG.
+    """
+    try:
+        if path.stat().st_size == 0:
+            return "cannot decode image (empty file, 0 bytes)"
+        with Image.open(path) as im:
+            im.load()
+            return im.size
+    except FileNotFoundError:
+        return "missing"
+    except _IMAGE_ERRORS as err:
+        return f"cannot decode image (truncated or corrupt: {err})"
+
+
+def _integer_scale(hr: tuple[int, int], lr: tuple[int, int]) -> int | None:
+    """k with LR * k == HR on both sides, or None."""
+    (hw, hh), (lw, lh) = hr, lr
+    if lw < 1 or lh < 1 or hw % lw or hh % lh or hw // lw != hh // lh:
+        return None
+    return hw // lw
+
+
+def _wxh(size: tuple[int, int]) -> str:
+    return f"{size[0]}x{size[1]}"
+
+
+def _message(err: BaseException) -> str:
+    if isinstance(err, KeyError) and err.args and isinstance(err.args[0], str):
+        return err.args[0]  # str(KeyError) adds quotes
+    return str(err) or type(err).__name__
+
+
+def _file_and_problem(msg: str, fallback: Path) -> tuple[str, str]:
+    """Split a task's "<file>: <problem>" message; a message without a file is the image's."""
+    head, sep, rest = msg.partition(": ")
+    if sep and head.endswith((".csv", ".json", ".png")):
+        return head, rest
+    return str(fallback), f"bad target ({msg})"
+
+
+def _targets_by_sample(task: Task, split_dir: Path, names: Sequence[str]) -> tuple[dict[str, Any], dict[str, str]]:
+    """Targets by name, and the problem of each sample whose target does not load.
+
+    One ``load_targets`` call when all are good; otherwise the failing halves are split again, so a few
+    bad samples among n cost O(log n) calls each (tasks report only their first problem).
+    """
+    good: dict[str, Any] = {}
+    bad: dict[str, str] = {}
+
+    def visit(chunk: Sequence[str]) -> None:
+        if not chunk:
+            return
+        try:
+            targets = task.load_targets(split_dir, chunk)
+        except _TARGET_ERRORS as err:
+            if len(chunk) == 1:
+                bad[chunk[0]] = _message(err)
+            else:
+                visit(chunk[: len(chunk) // 2])
+                visit(chunk[len(chunk) // 2:])
+            return
+        good.update(zip(chunk, targets))
+
+    visit(list(names))
+    return good, bad
+
+
+class EpochSampler(Sampler[int]):
+    """A random order per epoch that is a pure function of (seed, epoch), like DistributedSampler's.
+
+    ``fit`` calls ``set_epoch`` before each epoch, so a resumed run needs only the epoch number to see the
+    same batches as an uninterrupted one. The loader's own generator (worker seeds) is reset with it.
+    """
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch = n, seed, 0
+        self.loader_generator = torch.Generator()
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.loader_generator.manual_seed((self.seed + 1) * 1_000_003 + epoch)
+
+    def __iter__(self) -> Iterator[int]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
+def make_loader(ds: PairedDataset, batch_size: int, train: bool, num_workers: int, seed: int = 0) -> DataLoader:
+    """Training loaders shuffle with an ``EpochSampler`` seeded by ``seed``; evaluation loaders keep order."""
+    sampler = EpochSampler(len(ds), seed) if train else None
     return DataLoader(
         ds,
         batch_size=batch_size,
-        shuffle=train,
+        sampler=sampler,
         drop_last=False,
         num_workers=num_workers,
         collate_fn=ds.collate,
-        generator=generator,
+        generator=sampler.loader_generator if sampler is not None else None,
         pin_memory=torch.cuda.is_available(),
         persistent_workers=num_workers > 0,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
@@ -11,6 +12,8 @@ from PIL import Image, UnidentifiedImageError
 
 from src.config import DegradeConfig
 from src.utils import atomic_path, progress
+
+log = logging.getLogger(__name__)
 
 
 def quantize(img: torch.Tensor) -> torch.Tensor:
@@ -33,8 +36,8 @@ def read_rgb(path: Path) -> torch.Tensor:
             arr = np.asarray(im.convert("RGB"))
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: image missing") from None
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:  # unknown format, truncated data
-        raise ValueError(f"{path}: cannot decode image ({err})") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:  # unknown format, truncated data
+        raise ValueError(f"{path}: cannot decode image (truncated or corrupt: {err})") from None
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).float() / 255.0
 
 
@@ -44,9 +47,15 @@ def write_rgb(img: torch.Tensor, path: Path) -> None:
     Image.fromarray(arr).save(path, format="PNG")
 
 
-def degrade_folder(raw: Path, out: Path, cfg: DegradeConfig, splits: tuple[str, ...] = ("train", "val")) -> int:
-    """Write ``out/<split>/<id>.png`` for every ``raw/<split>/images/<id>.png``; return the image count."""
+def degrade_folder(raw: Path, out: Path, cfg: DegradeConfig, splits: tuple[str, ...] = ("train", "val"),
+                   strict: bool = False) -> int:
+    """Write ``out/<split>/<id>.png`` for every ``raw/<split>/images/<id>.png``; return the image count.
+
+    An HR image that cannot be decoded or degraded gets no LR twin and one warning line (``strict``: an
+    error naming it instead); the dataset then reports or skips it, as ``data.on_bad_sample`` says.
+    """
     count = 0
+    bad: list[str] = []
     with atomic_path(out) as tmp:
         for split in splits:
             src_dir = raw / split / "images"
@@ -55,7 +64,17 @@ def degrade_folder(raw: Path, out: Path, cfg: DegradeConfig, splits: tuple[str, 
                 raise FileNotFoundError(f"{src_dir}: no PNG images (run the download stage first)")
             (tmp / split).mkdir(parents=True)
             for f in progress(files, desc=f"degrade {split}"):
-                lr = degrade(read_rgb(f)[None], cfg)[0]
+                try:
+                    lr = degrade(read_rgb(f)[None], cfg)[0]
+                except ValueError as err:
+                    msg = str(err) if str(err).startswith(str(f)) else f"{f}: {err}"
+                    if strict:
+                        raise ValueError(msg) from None
+                    bad.append(msg)
+                    continue
                 write_rgb(lr, tmp / split / f.name)
                 count += 1
+    if bad:
+        log.warning("degrade: %d HR images left without an LR twin: %s%s", len(bad), "; ".join(bad[:5]),
+                    f"; and {len(bad) - 5} more" if len(bad) > 5 else "")
     return count

@@ -1,0 +1,119 @@
+"""Training checkpoints: everything needed to continue a run exactly where it stopped.
+
+A checkpoint holds the networks, optimisers, schedulers, the epoch and step reached, the history so far,
+the partial sums of the epoch in progress and every random stream (global torch/CUDA, NumPy, Python, the
+data-order generator as it was at the start of the epoch, the CQMix generator). It is written atomically
+(temporary file, then rename) and read with ``torch.load(weights_only=True)``, so it holds only tensors and
+plain Python values. A checkpoint written under other params (its ``digest`` differs) is never resumed: it
+is moved aside with a message.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import signal
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from src.utils import save_torch_atomic
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Checkpointing:
+    """Where and how often ``fit`` saves; ``digest`` identifies the params the run was started with."""
+
+    path: Path
+    digest: str
+    every_steps: int = 0  # also save every N optimiser steps inside an epoch (0: at epoch ends only)
+    stop_requested: bool = field(default=False, init=False)  # set by SIGTERM: save at the next step and stop
+
+
+class Interrupted(RuntimeError):
+    """Training stopped on request (SIGTERM) after saving a checkpoint; re-running resumes it."""
+
+
+def rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {"key": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "python": random.getstate(),
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    random.setstate(_as_tuples(state["python"]))
+
+
+def _as_tuples(x: Any) -> Any:
+    return tuple(_as_tuples(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+
+def save(ckpt: Checkpointing, payload: dict[str, Any]) -> None:
+    save_torch_atomic(ckpt.path, {"digest": ckpt.digest, "saved_at": time.time(), **payload})
+
+
+def load(ckpt: Checkpointing) -> dict[str, Any] | None:
+    """The saved state if it belongs to these params; a foreign or unreadable one is set aside."""
+    if not ckpt.path.is_file():
+        return None
+    try:
+        state = torch.load(ckpt.path, map_location="cpu", weights_only=True)
+        digest = state["digest"]
+    except Exception as err:  # noqa: BLE001 - a torn or foreign file must never stop a fresh start
+        return _set_aside(ckpt, f"unreadable ({type(err).__name__}: {err})")
+    if digest != ckpt.digest:
+        return _set_aside(ckpt, f"written under other params (hash {digest}, now {ckpt.digest})")
+    return state
+
+
+def _set_aside(ckpt: Checkpointing, why: str) -> None:
+    aside = ckpt.path.with_name(f"{ckpt.path.stem}.stale-{time.strftime('%Y%m%d-%H%M%S')}{ckpt.path.suffix}")
+    ckpt.path.rename(aside)
+    log.warning("checkpoint %s %s: not resumed; moved to %s, starting from scratch", ckpt.path, why, aside)
+    return None
+
+
+def discard(ckpt: Checkpointing | None) -> None:
+    """Delete the checkpoint once the stage's real outputs are written."""
+    if ckpt is not None:
+        ckpt.path.unlink(missing_ok=True)
+
+
+@contextmanager
+def stop_on_sigterm(ckpt: Checkpointing | None) -> Iterator[None]:
+    """While training, SIGTERM asks ``fit`` to save a checkpoint at the next step boundary and stop."""
+    if ckpt is None:
+        yield
+        return
+
+    def request_stop(signum: int, frame: Any) -> None:
+        ckpt.stop_requested = True
+        log.warning("SIGTERM: saving a checkpoint at the next step, then stopping (re-run to resume)")
+
+    try:
+        previous = signal.signal(signal.SIGTERM, request_stop)
+    except ValueError:  # not the main thread (e.g. an Optuna worker thread): no handler
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
