@@ -140,7 +140,7 @@ class DetConfig(Strict):
     rpn_post_nms_top_n_test: PosInt = 50  # ... at test time (few objects per image here; the paper: 1000)
     box_batch_size_per_image: PosInt = 32  # sampled proposals per image for the box head's loss
     roi_sampling_ratio: PosInt = 1  # RoIAlign samples per bin side (the paper: 2; 1 halves the CPU step here)
-    min_size: PosInt | None = None  # None: no internal resize (the detector sees the SR output at its own size)
+    min_size: NonNegInt = 0  # 0: no internal resize (the detector sees the SR output at its own size)
     optim: OptimConfig = OptimConfig(name="adamw", lr=3.0e-3, momentum=0.0, weight_decay=1.0e-4, eta_min=1.0e-6)
     loss_weights: dict[str, NonNegFloat] = {"loss_classifier": 1.0, "loss_box_reg": 1.0, "loss_objectness": 1.0, "loss_rpn_box_reg": 1.0}
     tdp_layers: dict[str, NonNegFloat] = {"0": 0.5, "1": 0.5}  # FPN levels (the paper: '0' and '1', 0.5 each)

@@ -104,7 +104,7 @@ def build_detector(cfg: DetConfig, num_classes: int) -> Detector:
         box_predictor=FastRCNNPredictor(cfg.representation_size, num_classes + 1),
         box_batch_size_per_image=cfg.box_batch_size_per_image,
     )
-    if cfg.min_size is None:
+    if not cfg.min_size:
         net.transform = KeepSizeTransform(1, 1, list(IMAGENET_MEAN), list(IMAGENET_STD))
     return Detector(net)
 
