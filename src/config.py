@@ -84,6 +84,19 @@ class PretrainSRConfig(Strict):
     optim: OptimConfig = OptimConfig(name="adamw", lr=5.0e-4, eta_min=1.0e-6)
 
 
+def _check_terms(weights: dict[str, float], terms: set[str], arch: str) -> None:
+    if set(weights) != terms:
+        raise ValueError(f"loss_weights {sorted(weights)} must name exactly the loss terms of {arch}: {sorted(terms)}")
+
+
+def _check_layers(layers: dict[str, float], allowed: tuple[str, ...]) -> None:
+    if not layers:
+        raise ValueError(f"tdp_layers is empty: name at least one of {list(allowed)}")
+    unknown = sorted(set(layers) - set(allowed))
+    if unknown:
+        raise ValueError(f"tdp_layers {unknown} unknown; choose from {list(allowed)}")
+
+
 class ClsConfig(Strict):
     """Image classification: a torchvision ResNet classifier."""
 
@@ -93,6 +106,12 @@ class ClsConfig(Strict):
     loss_weights: dict[str, NonNegFloat] = {"loss_ce": 1.0}
     tdp_layers: dict[str, NonNegFloat] = {"layer4": 1.0}
     cqmix_grid: PosInt = 4
+
+    @model_validator(mode="after")
+    def _names(self) -> "ClsConfig":
+        _check_terms(self.loss_weights, {"loss_ce"}, self.arch)
+        _check_layers(self.tdp_layers, ("layer1", "layer2", "layer3", "layer4"))
+        return self
 
 
 class SegConfig(Strict):
@@ -113,10 +132,8 @@ class SegConfig(Strict):
 
     @model_validator(mode="after")
     def _terms_of_the_arch(self) -> "SegConfig":
-        terms = {"loss_ce", "loss_aux"} if self.arch.startswith("deeplabv3") else {"loss_ce"}
-        if set(self.loss_weights) != terms:
-            raise ValueError(f"loss_weights {sorted(self.loss_weights)} must name exactly the loss terms of "
-                             f"{self.arch}: {sorted(terms)}")
+        _check_terms(self.loss_weights, {"loss_ce", "loss_aux"} if self.arch.startswith("deeplabv3") else {"loss_ce"}, self.arch)
+        _check_layers(self.tdp_layers, ("C2", "C5"))
         return self
 
 
@@ -155,9 +172,13 @@ class DetConfig(Strict):
                 f"anchor_sizes has {len(self.anchor_sizes)} levels; the FPN has {len(self.fpn_stages) + 1} "
                 f"({len(self.fpn_stages)} stages + the max-pooled level)"
             )
+        if any(not sizes for sizes in self.anchor_sizes):
+            raise ValueError(f"anchor_sizes {self.anchor_sizes}: every FPN level needs at least one anchor size")
         levels = {str(i) for i in range(len(self.fpn_stages))} | {"pool"}
         if set(self.tdp_layers) - levels:
             raise ValueError(f"tdp_layers {sorted(set(self.tdp_layers) - levels)} are not FPN levels; choose from {sorted(levels)}")
+        _check_layers(self.tdp_layers, tuple(sorted(levels)))
+        _check_terms(self.loss_weights, {"loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg"}, self.arch)
         return self
 
 

@@ -208,8 +208,6 @@ def test_a_real_stage_process_exits_2_with_one_line():
     assert "Traceback" not in proc.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="src/config.py: these keys are only checked when the task is built or "
-                                       "trained, not by parse_params (reported; not in this change's files)")
 @pytest.mark.parametrize("raw", [
     {"cls": {"loss_weights": {"loss_ce": 1.0, "loss_typo": 1.0}}},  # KeyError at the first training step
     {"cls": {"tdp_layers": {"layer9": 1.0}}},  # ValueError from build_task, without "params.yaml:"
