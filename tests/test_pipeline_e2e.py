@@ -208,8 +208,9 @@ def test_changing_the_tdp_weight_reruns_only_sr4ir_its_evaluation_and_the_report
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     out = _dvc("repro", cwd=project)
     ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
-    # The report re-runs only if the new SR4IR metrics differ; nothing else may run.
-    assert {"train_from_sr@cls-sr4ir", "evaluate@cls-sr4ir"} <= ran <= {"train_from_sr@cls-sr4ir", "evaluate@cls-sr4ir", "report"}
+    # SR4IR of every task and its evaluation re-run, then the report; nothing else may run.
+    sr4ir = {f"{stage}@{task}-sr4ir" for stage in ("train_from_sr", "evaluate") for task in TASKS}
+    assert sr4ir <= ran <= sr4ir | {"report"}
     # The new pipeline run still shows the whole study: the cached stages are linked to the runs that made them.
     client, runs = _runs(project)
     parents = sorted((r for r in runs if "mlflow.parentRunId" not in r.data.tags), key=lambda r: r.info.start_time)
@@ -218,7 +219,7 @@ def test_changing_the_tdp_weight_reruns_only_sr4ir_its_evaluation_and_the_report
     assert "report" in ran  # a new TDP weight changes the SR weights, hence PSNR, hence the report
     assert {r.info.run_name for r in children} == STAGE_RUNS
     linked = {r.info.run_name: r for r in children if r.data.tags.get("dvc.cached") == "true"}
-    assert set(linked) == STAGE_RUNS - {"train/cls/sr4ir", "evaluate/cls/sr4ir", "report"}
+    assert set(linked) == STAGE_RUNS - {f"{stage}/{task}/sr4ir" for stage in ("train", "evaluate") for task in TASKS} - {"report"}
     first = {r.info.run_id: r.info.run_name for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id}
     assert all(first[r.data.tags["linked_run_id"]] == name for name, r in linked.items())
 
