@@ -1,4 +1,8 @@
-"""DVC stage `evaluate@<task>-<method>`: task metric and PSNR of one trained method on the val split."""
+"""DVC stage `evaluate@<task>-<method>`: task metric, PSNR and LPIPS of one trained method on the val split.
+
+LPIPS needs torchvision's VGG16 weights in the torch hub cache (``eval.lpips: auto``); without them the metrics
+file holds ``lpips_unavailable`` (the reason) instead of a number. The file is not a DVC dependency: after
+placing it, re-run these stages alone, then the report: ``dvc repro -s -f --glob 'evaluate@*' && dvc repro``."""
 
 import argparse
 import logging
@@ -23,6 +27,8 @@ def main(args: argparse.Namespace) -> None:
         metrics, samples = evaluate_method(params, args.task, args.method, paths.RAW, paths.LR,
                                            paths.model_dir(args.task, args.method), n_samples=params.eval.n_samples)
         metrics["n_skipped"] = len(skipped.get("val", []))  # data.on_bad_sample: skip
+        if "lpips_unavailable" in metrics:
+            logging.warning("evaluate %s/%s: LPIPS not computed: %s", args.task, args.method, metrics["lpips_unavailable"])
         run.log_metrics({"data/skipped_val": metrics["n_skipped"]})
         out = paths.eval_metrics(args.task, args.method)
         write_json_atomic(out, metrics)

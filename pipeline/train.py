@@ -9,6 +9,7 @@ from pipeline import _stage, paths
 from src.checkpoint import Checkpointing, discard
 from src.config import load_params
 from src.data.dataset import bad_sample_policy
+from src.distributed import is_main
 from src.experiment import train_method
 from src.methods import METHODS, TABLE_METHODS
 from src.tasks import TASKS
@@ -35,6 +36,8 @@ def main(args: argparse.Namespace) -> None:
             callbacks=[run.callback],
             checkpoint=ckpt,
         )
+        if not is_main():  # under torchrun rank 0 alone writes the outputs and removes the checkpoint
+            return
         with atomic_path(out) as tmp:
             tmp.mkdir()
             for name, state in result.states.items():  # sr.pt (when the method has an SR network), rec.pt
@@ -57,4 +60,4 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--task", choices=sorted(TASKS), required=True)
     parser.add_argument("--method", choices=TABLE_METHODS, required=True)
-    _stage.run(main, parser)
+    _stage.run(main, parser, distributed=True)

@@ -256,8 +256,12 @@ def bench_one(task_name: str, size: str, device: torch.device, args: argparse.Na
 
     ref, ours = copy.deepcopy(base), copy.deepcopy(base)
     ours.tdp_batched, ours.amp_dtype, ours.channels_last, ours.compile = tdp_batched, amp, args.channels_last, args.compile
+    # The approximations (off: the paper's math, as the reference runs it).
+    approx = {"recompute_sr_phase2": not args.reuse_sr, "phase2_batched": args.phase2_batched}
+    ours.loss_cfg = ours.loss_cfg.model_copy(update=approx)
     eager_ours = copy.deepcopy(base)
     eager_ours.tdp_batched = tdp_batched
+    eager_ours.loss_cfg = ours.loss_cfg
     prepare_for_speed(ours)
     variants = {"ours": (ours, alternate_step), "reference": (ref, reference_alternate_step)}
     res = measure(variants, {"ours": eager_ours, "reference": copy.deepcopy(base)}, batch, device, args.steps, args.warmup)
@@ -278,7 +282,8 @@ def bench_one(task_name: str, size: str, device: torch.device, args: argparse.Na
         "scale": scale,
         "num_classes": num_classes,
         "sr": {"n_blocks": params.sr.n_blocks, "n_feats": params.sr.n_feats},
-        "settings": {"amp": args.amp, "compile": args.compile, "channels_last": args.channels_last, "tdp_batched": args.tdp_batched},
+        "settings": {"amp": args.amp, "compile": args.compile, "channels_last": args.channels_last, "tdp_batched": args.tdp_batched,
+                     "reuse_sr": args.reuse_sr, "phase2_batched": args.phase2_batched},
         "steps": args.steps,
         "warmup": args.warmup,
         "ours": res["ours"],
@@ -306,6 +311,7 @@ def suffix(args: argparse.Namespace) -> str:
     parts = [p for p, on in (("bf16", args.amp == "bf16"), ("compile", args.compile), ("cl", args.channels_last)) if on]
     if args.tdp_batched == "on":
         parts.append("tdpbatch")
+    parts += [p for p, on in (("reusesr", args.reuse_sr), ("p2batch", args.phase2_batched)) if on]
     return "".join(f"_{p}" for p in parts)
 
 
@@ -321,7 +327,8 @@ def table(records: list[dict[str, Any]]) -> str:
     s = records[0]["settings"]
     lines = [
         f"SR4IR step benchmark on {records[0]['device']}: {name}; torch {m['torch']}; ours: amp {s['amp']}, "
-        f"compile {s['compile']}, channels_last {s['channels_last']}, tdp_batched {s['tdp_batched']}; reference: fp32 eager",
+        f"compile {s['compile']}, channels_last {s['channels_last']}, tdp_batched {s['tdp_batched']}"
+        + "".join(f", {k} {s[k]}" for k in ("reuse_sr", "phase2_batched") if s.get(k)) + "; reference: fp32 eager, the paper's step",
         "",
         "| task | size | HR | B | ours img/s | ref img/s | ours/ref | GFLOP/step | ours GFLOP/s | % conv peak | "
         + ("% bf16 mm peak | " if records[0]["device"] == "cuda" else "")
@@ -368,6 +375,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--channels-last", action="store_true", help="ours: NHWC networks and inputs")
     ap.add_argument("--tdp-batched", choices=("on", "off"), default="off",
                     help="ours: SR+HR TDP features in one forward (exact with an eval-mode critic; more backward FLOPs)")
+    ap.add_argument("--reuse-sr", action="store_true",
+                    help="ours, an approximation: phase 2 reuses the phase-1 SR output (train.sr4ir.recompute_sr_phase2: false)")
+    ap.add_argument("--phase2-batched", action="store_true",
+                    help="ours, an approximation: one recogniser forward for the three phase-2 terms (train.sr4ir.phase2_batched)")
     args = ap.parse_args(argv)
     if args.steps < 1 or args.warmup < 0:
         ap.error("--steps must be >= 1 and --warmup >= 0")

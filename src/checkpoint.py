@@ -6,6 +6,9 @@ data-order generator as it was at the start of the epoch, the CQMix generator). 
 (temporary file, then rename) and read with ``torch.load(weights_only=True)``, so it holds only tensors and
 plain Python values. A checkpoint written under other params (its ``digest`` differs) is never resumed: it
 is moved aside with a message.
+
+Under torchrun only rank 0 writes, reads first and sets a foreign file aside; the other ranks then read
+the same file. ``fit`` adds every rank's random streams (``rng_ranks``), so each rank resumes its own.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from src import distributed
 from src.utils import save_torch_atomic
 
 log = logging.getLogger(__name__)
@@ -67,11 +71,26 @@ def _as_tuples(x: Any) -> Any:
 
 
 def save(ckpt: Checkpointing, payload: dict[str, Any]) -> None:
+    """Write the checkpoint (rank 0 only; a no-op on the other ranks)."""
+    if not distributed.is_main():
+        return
     save_torch_atomic(ckpt.path, {"digest": ckpt.digest, "saved_at": time.time(), **payload})
 
 
 def load(ckpt: Checkpointing) -> dict[str, Any] | None:
-    """The saved state if it belongs to these params; a foreign or unreadable one is set aside."""
+    """The saved state if it belongs to these params; a foreign or unreadable one is set aside.
+
+    Collective under torchrun: rank 0 decides, then every rank reads the file rank 0 accepted."""
+    if distributed.world_size() == 1:
+        return _load(ckpt)
+    state = _load(ckpt) if distributed.is_main() else None
+    if not distributed.broadcast_object(state is not None):
+        return None
+    # Rank 0 replaces the file only after the next training step, a collective the others have not reached.
+    return state if distributed.is_main() else torch.load(ckpt.path, map_location="cpu", weights_only=True)
+
+
+def _load(ckpt: Checkpointing) -> dict[str, Any] | None:
     if not ckpt.path.is_file():
         return None
     try:

@@ -42,13 +42,49 @@ class SyntheticConfig(Strict):
     period: Annotated[float, Field(ge=2.0)] = 5.0  # grating period in HR pixels
 
 
+# The tasks each dataset has annotations for; "folder" is whatever its layout holds (checked by the download stage).
+DATASET_TASKS: dict[str, frozenset[str]] = {
+    "synthetic": frozenset({"cls", "seg", "det"}),
+    "voc": frozenset({"seg", "det"}),
+    "stanford_cars": frozenset({"cls"}),
+    "cub200": frozenset({"cls"}),
+}
+VOC_URL = "http://host.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar"
+VOC_MD5 = "6cd6e144f989b92b3379bac3b3de84fd"
+
+
 class DataConfig(Strict):
-    name: Literal["synthetic"] = "synthetic"
+    """Which dataset the ``download`` stage writes to ``data/raw`` (``src/data/prepare.py``), and how it is read."""
+
+    name: Literal["synthetic", "voc", "stanford_cars", "cub200", "folder"] = "synthetic"
     seed: int = 0
     synthetic: SyntheticConfig = SyntheticConfig()
+    # Real datasets (src/data/sources): short side resized to image_size, then a centre square of that size.
+    image_size: Annotated[int, Field(ge=16)] = 256
+    max_train: NonNegInt = 0  # keep this many train images (a data.seed-shuffled prefix); 0: all
+    max_val: NonNegInt = 0
+    cache_dir: Annotated[str, Field(min_length=1)] = "data/downloads"  # downloads and hand-placed archives
+    folder: str = ""  # with data.name: folder, the dataset root holding train/ and val/
+    voc_url: Annotated[str, Field(min_length=1)] = VOC_URL
+    voc_md5: Annotated[str, Field(pattern=r"^([0-9a-fA-F]{32})?$")] = VOC_MD5  # empty: not checked
     hflip: bool = False  # off for the synthetic set: a flip turns a 45-degree grating into a 135-degree one
     num_workers: NonNegInt = 0
     on_bad_sample: Literal["error", "skip"] = "error"  # a corrupt image or bad annotation: fail naming it, or drop it
+
+    @model_validator(mode="after")
+    def _folder_named(self) -> "DataConfig":
+        if self.name == "folder" and not self.folder.strip():
+            raise ValueError("data.folder must name the dataset folder (with train/ and val/) when data.name is 'folder'")
+        return self
+
+    @property
+    def hr_size(self) -> int:
+        """Side of every HR image the download stage writes."""
+        return self.synthetic.image_size if self.name == "synthetic" else self.image_size
+
+    @property
+    def hr_size_key(self) -> str:
+        return "data.synthetic.image_size" if self.name == "synthetic" else "data.image_size"
 
 
 class DegradeConfig(Strict):
@@ -58,10 +94,16 @@ class DegradeConfig(Strict):
 
 
 class SRConfig(Strict):
-    arch: Literal["edsr"] = "edsr"
-    n_blocks: PosInt = 4  # the paper's EDSR-baseline is 16 x 64
-    n_feats: PosInt = 32
-    res_scale: PosFloat = 1.0
+    # edsr: EDSR sized by n_blocks/n_feats/res_scale; swinir_light: the paper's light SwinIR (embed 60, 4x6
+    # blocks, ~0.9M parameters); swinir_m: SwinIR-M classical (embed 180, 6x6 blocks; the official SwinIR runs)
+    arch: Literal["edsr", "swinir_light", "swinir_m"] = "edsr"
+    n_blocks: PosInt = 4  # EDSR only; the paper's EDSR-baseline is 16 x 64
+    n_feats: PosInt = 32  # EDSR only
+    res_scale: PosFloat = 1.0  # EDSR only
+    # Released DIV2K weights to start from, as the paper does (e.g. models/official/edsr_baseline_x4-6b446fab.pt;
+    # a known release is downloaded to that path when missing). Empty: pretrain_sr starts from scratch and its
+    # output stands in for the DIV2K weights.
+    init: str = ""
 
 
 class OptimConfig(Strict):
@@ -208,12 +250,28 @@ class SR4IRConfig(Strict):
     cqmix_weight: NonNegFloat = 0.34  # ... on the CQMix image
     cqmix_p: Probability = 0.5  # probability that a grid cell comes from the SR image
     recompute_sr_phase2: bool = True  # phase 2 re-runs SR with the just-updated weights (official behaviour)
+    # Approximation (off = the paper): one recogniser forward over [SR; HR; CQMix] for the three phase-2 terms.
+    # BatchNorm then normalises the three as one batch; needs sr_weight == hr_weight == cqmix_weight.
+    phase2_batched: bool = False
+
+    @model_validator(mode="after")
+    def _batched_needs_equal_weights(self) -> "SR4IRConfig":
+        if self.phase2_batched and not self.sr_weight == self.hr_weight == self.cqmix_weight:
+            raise ValueError("phase2_batched needs sr_weight == hr_weight == cqmix_weight (one loss over the "
+                             f"three images), got {self.sr_weight}, {self.hr_weight}, {self.cqmix_weight}")
+        return self
 
 
 class TrainConfig(Strict):
     epochs: PosInt = 6
-    batch_size: PosInt = 32
+    batch_size: PosInt = 32  # the global batch: with nproc processes each takes batch_size / nproc
+    # Processes per training stage (pretrain_sr, train*): > 1 runs the stage under torchrun, one per GPU
+    # (Gloo on a CPU); pretrain_sr.batch_size and batch_size must be divisible by it. See README "Many GPUs".
+    nproc: PosInt = 1
     checkpoint_every_steps: NonNegInt = 0  # resume checkpoints also inside epochs (0: after each epoch only)
+    # Share of the val split scored after every epoch for the learning curves (a fixed prefix; the split's
+    # order is random). The table's numbers come from the evaluate stage on the whole split.
+    monitor_fraction: Annotated[float, Field(gt=0.0, le=1.0)] = 0.25
     # Speed switches of the SR4IR step (python -m src.bench measures them). Off: the exact fp32 step.
     amp: Literal["none", "bf16"] = "none"  # bf16 autocast (close to fp32, not equal; GPU)
     compile: bool = False  # torch.compile the SR network and the recogniser's trunk
@@ -226,6 +284,13 @@ class TrainConfig(Strict):
     t2s: PixelAndTask = PixelAndTask()
     joint: PixelAndTask = PixelAndTask()
     sr4ir: SR4IRConfig = SR4IRConfig()
+
+    @model_validator(mode="after")
+    def _batch_splits(self) -> "TrainConfig":
+        if self.batch_size % self.nproc:
+            raise ValueError(f"train.batch_size ({self.batch_size}) must be divisible by train.nproc ({self.nproc}): "
+                             "each process takes batch_size / nproc samples of every batch")
+        return self
 
     @model_validator(mode="after")
     def _warmup_within_epochs(self) -> "TrainConfig":
@@ -241,6 +306,9 @@ class EvalConfig(Strict):
     batch_size: PosInt = 100
     psnr_crop_border: NonNegInt = 4  # pixels cut from each side before PSNR (the paper uses 8 on 224-480 px)
     n_samples: Annotated[int, Field(ge=1, le=32)] = 4  # val images kept with predictions for the qualitative figure
+    # LPIPS (VGG, v0.1) of SR methods and L2T, same crop as PSNR. auto: when torchvision's VGG16 weights are already in
+    # the torch hub cache (never downloaded by a stage; otherwise the metrics say why it is missing); off: never.
+    lpips: Literal["auto", "off"] = "auto"
 
 
 class SearchRange(Strict):
@@ -308,15 +376,25 @@ class Params(Strict):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "Params":
-        size = self.data.synthetic.image_size
+        size = self.data.hr_size
         if size % self.degrade.scale:
             raise ValueError(
-                f"data.synthetic.image_size ({size}) must be divisible by degrade.scale ({self.degrade.scale})"
+                f"{self.data.hr_size_key} ({size}) must be divisible by degrade.scale ({self.degrade.scale})"
             )
+        if self.pretrain_sr.batch_size % self.train.nproc:
+            raise ValueError(f"pretrain_sr.batch_size ({self.pretrain_sr.batch_size}) must be divisible by train.nproc "
+                             f"({self.train.nproc}): each process takes batch_size / nproc samples of every batch")
         if not self.tasks:
             raise ValueError("tasks must name at least one task")
         if len(set(self.tasks)) != len(self.tasks):
             raise ValueError(f"tasks {self.tasks} names a task twice")
+        served = DATASET_TASKS.get(self.data.name)
+        if served is not None and not set(self.tasks) <= served:
+            missing = [t for t in self.tasks if t not in served]
+            raise ValueError(
+                f"tasks {self.tasks} asks for {missing}, but data.name {self.data.name!r} has annotations for "
+                f"{sorted(served)} only: drop {missing} from tasks or choose another data.name"
+            )
         if 2 * self.eval.psnr_crop_border >= size:
             raise ValueError(f"eval.psnr_crop_border ({self.eval.psnr_crop_border}) leaves no pixels of a {size}-px image")
         return self

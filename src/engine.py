@@ -22,13 +22,15 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from src import checkpoint as ckpt
+from src import distributed
 from src.checkpoint import Checkpointing
 from src.config import OptimConfig, Params
 from src.cqmix import cqmix
 from src.data.dataset import Batch
 from src.losses import tdp_loss
 from src.methods import Method
-from src.metrics import PSNR
+from src.metrics import LPIPS, PSNR
+from src.models.official import load_official_sr
 from src.models.sr import bilinear_up, build_sr
 from src.tasks.base import Task, weighted_sum
 from src.utils import progress, to_device
@@ -105,15 +107,34 @@ def freeze(net: nn.Module) -> None:
 def _update(optimizers: Sequence[torch.optim.Optimizer], loss: torch.Tensor, what: str,
             terms: Mapping[str, torch.Tensor] | None = None) -> None:
     """One optimiser step on ``loss``; a NaN or inf loss stops before it reaches the weights, naming the
-    offending terms."""
-    if not torch.isfinite(loss):
-        bad = [f"{k}={float(v)}" for k, v in (terms or {}).items() if not torch.isfinite(v)]
-        raise FloatingPointError(f"non-finite {what} ({loss.item()}; terms: {', '.join(bad) or 'n/a'})")
+    offending terms.
+
+    Under torchrun the gradients are averaged over the processes before the step: DDP's math (sum over
+    ranks / world size) in one coalesced all_reduce after the backward pass, so unlike DDP communication does
+    not overlap the backward (``distributed.average_gradients``). A non-finite loss on any rank travels in
+    the same all_reduce and stops every rank before any weight changes."""
+    finite = bool(torch.isfinite(loss))
+    world = distributed.world_size()
+    if not finite and world == 1:
+        raise _non_finite(loss, what, terms)
     for opt in optimizers:
         opt.zero_grad(set_to_none=True)
-    loss.backward()
+    if finite:
+        loss.backward()
+    if world > 1:
+        params = [p for opt in optimizers for group in opt.param_groups for p in group["params"]]
+        n_bad = distributed.average_gradients(params, bad=not finite)
+        if not finite:
+            raise _non_finite(loss, what, terms)
+        if n_bad:
+            raise FloatingPointError(f"non-finite {what} in {n_bad} of {world} processes")
     for opt in optimizers:
         opt.step()
+
+
+def _non_finite(loss: torch.Tensor, what: str, terms: Mapping[str, torch.Tensor] | None) -> FloatingPointError:
+    bad = [f"{k}={float(v.detach())}" for k, v in (terms or {}).items() if not torch.isfinite(v)]
+    return FloatingPointError(f"non-finite {what} ({loss.detach().item()}; terms: {', '.join(bad) or 'n/a'})")
 
 
 def view_images(s: Setup, batch: Batch) -> torch.Tensor:
@@ -236,12 +257,21 @@ def alternate_step(s: Setup, batch: Batch, tdp_on: bool) -> dict[str, torch.Tens
                 sr_out = s.sr(lr)
         sr_out = sr_out.detach().float()
         mixed = _memory_format(s, cqmix(sr_out, hr, s.cqmix_grid, cfg.cqmix_p, s.mix_generator))
-        terms["loss_task_sr"] = _task_loss(s, sr_out, batch.target)
-        terms["loss_task_hr"] = _task_loss(s, hr, batch.target)
-        terms["loss_task_cqmix"] = _task_loss(s, mixed, batch.target)
-        phase2 = cfg.sr_weight * terms["loss_task_sr"] + cfg.hr_weight * terms["loss_task_hr"] + cfg.cqmix_weight * terms["loss_task_cqmix"]
+        if cfg.phase2_batched:  # an approximation: one forward, BatchNorm sees SR, HR and CQMix as one batch
+            terms["loss_task_batched"] = _task_loss(s, torch.cat([sr_out, hr, mixed]), _repeat(batch.target, 3))
+            phase2 = 3 * cfg.sr_weight * terms["loss_task_batched"]  # mean over the three = (L_sr + L_hr + L_mix) / 3
+        else:
+            terms["loss_task_sr"] = _task_loss(s, sr_out, batch.target)
+            terms["loss_task_hr"] = _task_loss(s, hr, batch.target)
+            terms["loss_task_cqmix"] = _task_loss(s, mixed, batch.target)
+            phase2 = cfg.sr_weight * terms["loss_task_sr"] + cfg.hr_weight * terms["loss_task_hr"] + cfg.cqmix_weight * terms["loss_task_cqmix"]
     _update([s.opt_rec], phase2, "SR4IR phase-2 loss", terms)
     return terms
+
+
+def _repeat(target: Any, k: int) -> Any:
+    """A batch's targets for the batch repeated ``k`` times (a tensor, or a list of per-image targets)."""
+    return torch.cat([target] * k) if isinstance(target, torch.Tensor) else list(target) * k
 
 
 def prepare_for_speed(s: Setup) -> Setup:
@@ -278,6 +308,10 @@ STEPS: dict[str, Callable[[Setup, Batch, bool], dict[str, torch.Tensor]]] = {
 # Epochs
 
 
+def _trained_nets(s: Setup) -> list[nn.Module]:
+    return [net for net, trains in ((s.sr, s.method.trains_sr), (s.rec, s.method.trains_rec)) if net is not None and trains]
+
+
 def _set_modes(s: Setup) -> None:
     if s.sr is not None:
         s.sr.train(s.method.trains_sr)
@@ -303,25 +337,31 @@ def train_one_epoch(
     desc: str,
     progress_in: EpochProgress | None = None,
     on_step: Callable[[EpochProgress], None] | None = None,
+    total: int | None = None,
 ) -> dict[str, float]:
     """One pass over ``loader``; returns the mean of each loss term. ``progress_in`` continues an epoch
-    (its batches must already be skipped in ``loader``); ``on_step`` sees the progress after every step."""
+    (its batches must already be skipped in ``loader``; ``total`` is then the whole epoch's, for the
+    progress bar); ``on_step`` sees the progress after every step."""
     _set_modes(s)
     step = STEPS[s.method.step]
     prog = progress_in or EpochProgress()
-    total = len(loader) if hasattr(loader, "__len__") else None
+    if total is None and hasattr(loader, "__len__"):
+        total = len(loader)
     for batch in progress(loader, desc=desc, total=total, initial=prog.step):
         batch = to_device(batch, device)
         try:
             terms = step(s, batch, tdp_on)
         except FloatingPointError as err:
             raise FloatingPointError(f"{err}, at step {prog.step + 1} of {desc}") from None
+        distributed.broadcast_buffers(_trained_nets(s))  # BN running stats of rank 0 everywhere (as DDP); 1 process: no-op
         for sched in schedulers:
             sched.step()  # per iteration, like the official schedules
         b = batch.hr.shape[0]
-        for k, v in terms.items():
-            prog.sums[k] += float(v.detach()) * b
-        prog.n += b
+        # Loss sums over every rank's samples (one process: these same numbers), so the epoch mean is global.
+        *sums, n = distributed.sum_floats([float(v.detach()) * b for v in terms.values()] + [b])
+        for k, v in zip(terms, sums, strict=True):
+            prog.sums[k] += v
+        prog.n += int(n)
         prog.step += 1
         if on_step is not None:
             on_step(prog)
@@ -329,14 +369,17 @@ def train_one_epoch(
 
 
 @torch.inference_mode()
-def evaluate(s: Setup, loader: DataLoader, device: torch.device, psnr_crop: int) -> dict[str, float]:
-    """Task metric of the recogniser on its view, and PSNR of that view against HR (not for H2T)."""
+def evaluate(s: Setup, loader: DataLoader, device: torch.device, psnr_crop: int,
+             lpips_net: nn.Module | None = None) -> dict[str, float]:
+    """Task metric of the recogniser on its view, and PSNR of that view against HR (not for H2T); with
+    ``lpips_net`` (``src.metrics.lpips_network``) also LPIPS of the same pair, with the same crop."""
     if s.sr is not None:
         s.sr.eval()
     if s.rec is not None:
         s.rec.eval()
     metric = s.task.new_metric() if s.method.uses_rec else None
     psnr = PSNR(psnr_crop) if s.method.view != "hr" else None
+    lpips = LPIPS(psnr_crop, lpips_net) if lpips_net is not None and psnr is not None else None
     for batch in progress(loader, desc="evaluate"):
         batch = to_device(batch, device)
         images = view_images(s, batch)
@@ -344,11 +387,15 @@ def evaluate(s: Setup, loader: DataLoader, device: torch.device, psnr_crop: int)
             metric.update(s.task.predict(s.rec, images), batch.target)
         if psnr is not None:
             psnr.update(images, batch.hr)
+        if lpips is not None:
+            lpips.update(images, batch.hr)
     out: dict[str, float] = {}
     if metric is not None:
         out.update(metric.compute())
     if psnr is not None:
         out.update(psnr.compute())
+    if lpips is not None:
+        out.update(lpips.compute())
     return out
 
 
@@ -388,6 +435,9 @@ def fit(
     ``checkpoint.every_steps`` steps, and on SIGTERM), and a run started again with the same params resumes
     from it and ends with the same weights as an uninterrupted run. A non-finite loss stops training with
     the step named and the last good state saved.
+
+    Under torchrun (``src.distributed``) every rank runs this on its share of each batch with the same
+    weights; rank 0 alone scores the val split (the others receive its record) and writes checkpoints.
     """
     iters = len(train_loader)
     periods = [warmup_epochs * iters, (epochs - warmup_epochs) * iters] if warmup_epochs else [epochs * iters]
@@ -404,9 +454,15 @@ def fit(
         _restore(s, schedulers, resumed)
         history, start = list(resumed["history"]), int(resumed["epoch"])
         logging.getLogger(__name__).info("resuming %s from %s: epoch %d, step %d", s.method.name, checkpoint.path, start, resumed["step"])
+    distributed.broadcast_state([s.sr, s.rec])  # under torchrun: rank 0's weights everywhere (as DDP starts)
 
     def snapshot(epoch: int, prog: EpochProgress) -> None:
+        # Under torchrun every rank calls this at the same step; rank 0 writes every rank's random streams.
+        streams = distributed.all_gather_object(
+            {"rng": ckpt.rng_state(), "mix_rng": s.mix_generator.get_state() if s.mix_generator is not None else None}
+        ) if distributed.world_size() > 1 else None
         ckpt.save(checkpoint, {
+            **({"rng_ranks": streams} if streams is not None else {}),
             "epoch": epoch, "step": prog.step, "sums": dict(prog.sums), "n": prog.n, "history": history,
             "sr": _state(s.sr), "rec": _state(s.rec), "opt_sr": _state(s.opt_sr), "opt_rec": _state(s.opt_rec),
             "schedulers": [sched.state_dict() for sched in schedulers],
@@ -428,6 +484,8 @@ def fit(
             def on_step(p: EpochProgress, epoch: int = epoch) -> None:
                 if checkpoint is None:
                     return
+                if distributed.any_rank(checkpoint.stop_requested):  # a collective decision: every rank stops here
+                    checkpoint.stop_requested = True
                 if checkpoint.stop_requested or (checkpoint.every_steps and p.step % checkpoint.every_steps == 0 and p.step < iters):
                     snapshot(epoch, p)
                 if checkpoint.stop_requested:
@@ -436,16 +494,17 @@ def fit(
 
             record: dict[str, float] = {"epoch": epoch}
             try:
-                record.update(train_one_epoch(s, batches, device, schedulers, tdp_on,
-                                              desc=f"{s.method.name} epoch {epoch}/{epochs}", progress_in=prog, on_step=on_step))
+                record.update(train_one_epoch(s, batches, device, schedulers, tdp_on, desc=f"{s.method.name} epoch {epoch}/{epochs}",
+                                              progress_in=prog, on_step=on_step, total=iters))
             except FloatingPointError as err:
                 if checkpoint is not None:  # the weights are the last good ones: the failing update never ran
                     snapshot(epoch, EpochProgress())
                     raise FloatingPointError(f"{err}; last good state saved to {checkpoint.path}") from None
                 raise
             record["time/train_s"] = time.perf_counter() - t0
-            if val_loader is not None:
-                record.update({f"val/{k}": v for k, v in evaluate(s, val_loader, device, psnr_crop).items()})
+            if val_loader is not None:  # under torchrun rank 0 scores, the others wait for its numbers
+                val = evaluate(s, val_loader, device, psnr_crop) if distributed.is_main() else None
+                record.update({f"val/{k}": v for k, v in distributed.broadcast_object(val).items()})
             record["time/epoch_s"] = time.perf_counter() - t0
             history.append(record)
             for cb in callbacks:
@@ -473,18 +532,12 @@ def _resume_batches(loader: DataLoader, skip: int, state: Mapping[str, Any], s: 
     it = iter(loader)
     for _ in range(skip):
         next(it)
-    ckpt.set_rng_state(state["rng"])
-    if s.mix_generator is not None and state["mix_rng"] is not None:
-        s.mix_generator.set_state(state["mix_rng"])
-
-    class _Rest:
-        def __len__(self) -> int:
-            return len(loader)
-
-        def __iter__(self) -> Any:
-            return it
-
-    return _Rest()
+    ranks = state.get("rng_ranks") or []
+    streams = ranks[distributed.rank()] if len(ranks) == distributed.world_size() > 1 else state  # this rank's own
+    ckpt.set_rng_state(streams["rng"])
+    if s.mix_generator is not None and streams["mix_rng"] is not None:
+        s.mix_generator.set_state(streams["mix_rng"])
+    return it
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -518,17 +571,22 @@ def build_setup(
     device: torch.device = torch.device("cpu"),
     mix_seed: int = 0,
     sr_optim: OptimConfig | None = None,
+    sr_init_release: bool = False,
 ) -> Setup:
     """Networks (loaded where the method says), frozen where they do not train, with optimisers.
 
-    ``sr_optim`` overrides ``params.train.sr_optim`` (SR pre-training has its own).
+    ``sr_optim`` overrides ``params.train.sr_optim`` (SR pre-training has its own). ``sr_init_release``:
+    ``sr_init`` is released weights (EDSR-PyTorch, BasicSR, SwinIR, SR4IR layouts), not one of ours.
     """
     sr = rec = opt_sr = opt_rec = None
     sr_optim = sr_optim or params.train.sr_optim
     if method.view == "sr":
         sr = build_sr(params.sr, params.degrade.scale)
         if sr_init is not None:
-            load_state(sr, sr_init, "SR")
+            if sr_init_release:
+                load_official_sr(sr, sr_init)
+            else:
+                load_state(sr, sr_init, "SR")
         sr = sr.to(device)
         if method.trains_sr:
             opt_sr = build_optimizer([p for p in sr.parameters() if p.requires_grad], sr_optim)

@@ -21,7 +21,10 @@ class Method:
     step: Step  # which update rule trains it (src/engine.py STEPS)
     trains_sr: bool
     trains_rec: bool
-    sr_from_pretrained: bool = False  # SR starts from the pretrain_sr stage (our stand-in for DIV2K weights)
+    sr_from_pretrained: bool = False  # SR starts from the pretrain_sr stage
+    # ... or, when ``sr.init`` names released DIV2K weights, from those (the paper starts T->S, S+T and SR4IR
+    # from DIV2K weights and only S->T from the task-pretrained SR; without sr.init pretrain_sr stands in)
+    sr_from_div2k: bool = False
     rec_from: str | None = None  # the recogniser starts from this method's trained recogniser
     uses_rec: bool = True
 
@@ -33,9 +36,11 @@ METHODS: dict[str, Method] = {
         Method("h2t", "H2T", "hr", "recogniser", trains_sr=False, trains_rec=True),
         Method("l2t", "L2T", "lr_up", "recogniser", trains_sr=False, trains_rec=True),
         Method("s2t", "S→T", "sr", "recogniser", trains_sr=False, trains_rec=True, sr_from_pretrained=True),
-        Method("t2s", "T→S", "sr", "critic", trains_sr=True, trains_rec=False, sr_from_pretrained=True, rec_from="h2t"),
-        Method("joint", "S+T", "sr", "joint", trains_sr=True, trains_rec=True, sr_from_pretrained=True),
-        Method("sr4ir", "SR4IR", "sr", "alternate", trains_sr=True, trains_rec=True, sr_from_pretrained=True),
+        Method("t2s", "T→S", "sr", "critic", trains_sr=True, trains_rec=False, sr_from_pretrained=True, rec_from="h2t",
+               sr_from_div2k=True),
+        Method("joint", "S+T", "sr", "joint", trains_sr=True, trains_rec=True, sr_from_pretrained=True, sr_from_div2k=True),
+        Method("sr4ir", "SR4IR", "sr", "alternate", trains_sr=True, trains_rec=True, sr_from_pretrained=True,
+               sr_from_div2k=True),
     )
 }
 

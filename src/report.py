@@ -1,5 +1,5 @@
-"""The study's report: per task, the paper-style table (task metric and PSNR per method), figures, and
-a comparison with the ordering of the paper's published numbers."""
+"""The study's report: per task, the paper-style table (task metric, PSNR and LPIPS per method), figures,
+and a comparison with the ordering of the paper's published numbers."""
 
 from __future__ import annotations
 
@@ -13,21 +13,53 @@ import pandas as pd
 from src.config import Params
 from src.methods import METHODS, TABLE_METHODS
 
-# The released x8 EDSR-baseline checkpoints' results (shared/SR4IR_METHOD.md, section 13.1), to compare
-# orderings with; the synthetic data and x4 default make the absolute values incomparable.
-PAPER = {
-    "cls": {"dataset": "StanfordCars, x8, EDSR-baseline", "metric": "top-1",
-            "values": {"h2t": 86.4, "l2t": 61.0, "s2t": 68.3, "t2s": 56.9, "joint": 65.2, "sr4ir": 71.4}},
-    "seg": {"dataset": "VOC2012, x8, EDSR-baseline", "metric": "mIoU",
-            "values": {"h2t": 63.3, "l2t": 49.3, "s2t": 52.3, "t2s": 49.2, "joint": 50.0, "sr4ir": 55.0}},
-    "det": {"dataset": "VOC2012, x8, EDSR-baseline", "metric": "mAP",
-            "values": {"h2t": 36.7, "l2t": 18.9, "s2t": 21.9, "t2s": 15.5, "joint": 20.3, "sr4ir": 25.5}},
+# Published numbers (shared/SR4IR_METHOD.md section 13.1: the released x8 EDSR-baseline checkpoints), by
+# setting (task, data.name, degrade.scale, sr.arch). Nothing else is published in the sources (section
+# 13.2), so any other setting is compared with its task's x8 EDSR numbers, for orderings only.
+PUBLISHED = {
+    ("seg", "voc", 8, "edsr"): {
+        "dataset": "VOC2012, x8, EDSR-baseline",
+        "values": {"h2t": 63.3, "l2t": 49.3, "s2t": 52.3, "t2s": 49.2, "joint": 50.0, "sr4ir": 55.0},
+        "lpips": {"h2t": 0.0, "l2t": 0.476, "s2t": 0.407, "t2s": 0.461, "joint": 0.480, "sr4ir": 0.380}},
+    ("det", "voc", 8, "edsr"): {
+        "dataset": "VOC2012, x8, EDSR-baseline",
+        "values": {"h2t": 36.7, "l2t": 18.9, "s2t": 21.9, "t2s": 15.5, "joint": 20.3, "sr4ir": 25.5},
+        "lpips": {"h2t": 0.0, "l2t": 0.559, "s2t": 0.494, "t2s": 0.476, "joint": 0.506, "sr4ir": 0.416}},
+    ("cls", "stanford_cars", 8, "edsr"): {
+        "dataset": "StanfordCars, x8, EDSR-baseline",
+        "values": {"h2t": 86.4, "l2t": 61.0, "s2t": 68.3, "t2s": 56.9, "joint": 65.2, "sr4ir": 71.4},
+        "lpips": {"h2t": 0.0, "l2t": 0.478, "s2t": 0.328, "t2s": 0.448, "joint": 0.378, "sr4ir": 0.326}},
 }
+PAPER = {task: ref for (task, *_), ref in PUBLISHED.items()}  # each task's published setting
+
+
+def paper_reference(task: str, params: Params | None = None) -> tuple[dict[str, Any], bool]:
+    """The published numbers to print beside ours, and whether they are for this very setting."""
+    if params is not None:
+        key = (task, params.data.name, params.degrade.scale, params.sr.arch)
+        if key in PUBLISHED:
+            return PUBLISHED[key], True
+    return PAPER.get(task, {}), False
+
+
+def paper_label(task: str, params: Params | None) -> str:
+    ref, same = paper_reference(task, params)
+    if not ref:
+        return "n/a"
+    return ref["dataset"] + ("" if same else "; another setting: compare orderings only")
+
+
 METRIC_LABELS = {"top1": "top-1 (%)", "miou": "mIoU (%)", "map": "mAP@[.5:.95] (%)"}
 
 
-def results_table(task: str, metrics: Mapping[str, Mapping[str, float]], primary: str) -> pd.DataFrame:
-    """Rows = methods in the paper's order; columns = task metric, PSNR (dB), and the paper's value."""
+def results_table(task: str, metrics: Mapping[str, Mapping[str, Any]], primary: str,
+                  params: Params | None = None) -> pd.DataFrame:
+    """Rows = methods in the paper's order; columns = task metric, PSNR (dB), LPIPS, and the paper's values
+    (of this setting when published, else of the task's published setting: see ``paper_reference``).
+
+    ``lpips_note`` holds why a method that should have LPIPS has none (the evaluate stage's
+    ``lpips_unavailable``); it is empty for H2T, which has neither PSNR nor LPIPS by definition."""
+    ref, same = paper_reference(task, params)
     rows = []
     for m in TABLE_METHODS:
         if m not in metrics:
@@ -39,7 +71,11 @@ def results_table(task: str, metrics: Mapping[str, Mapping[str, float]], primary
             "label": METHODS[m].label,
             primary: r.get(primary, float("nan")),
             "psnr": r.get("psnr", float("nan")),  # H2T sees HR: no PSNR
-            "paper_" + primary: PAPER.get(task, {}).get("values", {}).get(m, float("nan")),
+            "lpips": r.get("lpips", float("nan")),  # ... and no LPIPS
+            "lpips_note": "" if m == "h2t" or "lpips" in r else
+                          r.get("lpips_unavailable", "not in this method's eval metrics (re-run its evaluate stage)"),
+            "paper_" + primary: ref.get("values", {}).get(m, float("nan")),
+            "paper_lpips": ref.get("lpips", {}).get(m, float("nan")) if same and m != "h2t" else float("nan"),
         })
     return pd.DataFrame(rows)
 
@@ -72,15 +108,40 @@ def _fmt(x: float, digits: int = 1) -> str:
     return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
 
-def markdown_table(df: pd.DataFrame, primary: str, paper_name: str) -> str:
-    head = f"| Method | {METRIC_LABELS.get(primary, primary)} ↑ | PSNR (dB) ↑ | paper {primary} ({paper_name}) |"
-    lines = [head, "|---|---:|---:|---:|"]
-    best = df.loc[df["method"] != "h2t", primary].max() if len(df) else float("nan")
+def _sup(i: int) -> str:
+    return "".join("⁰¹²³⁴⁵⁶⁷⁸⁹"[int(d)] for d in str(i))
+
+
+def lpips_cells(df: pd.DataFrame) -> tuple[list[str], list[str]]:
+    """The LPIPS column as text, and its footnotes: "n/a" plus a footnote number where it could not be
+    computed (each distinct reason once), "—" for H2T."""
+    notes: list[str] = []
+    cells = []
     for _, r in df.iterrows():
+        note = r.get("lpips_note")
+        if isinstance(note, str) and note:
+            if note not in notes:
+                notes.append(note)
+            cells.append(f"n/a{_sup(notes.index(note) + 1)}")
+        else:
+            cells.append(_fmt(r.get("lpips", float("nan")), 3))
+    return cells, [f"{_sup(i + 1)} LPIPS not computed: {n}" for i, n in enumerate(notes)]
+
+
+def markdown_table(df: pd.DataFrame, primary: str, paper_name: str) -> str:
+    head = (f"| Method | {METRIC_LABELS.get(primary, primary)} ↑ | PSNR (dB) ↑ | LPIPS ↓ | paper {primary} | paper LPIPS |"
+            f"\n|---|---:|---:|---:|---:|---:|")
+    lines = [f"Paper columns: {paper_name}.", "", head]
+    lpips, notes = lpips_cells(df)
+    best = df.loc[df["method"] != "h2t", primary].max() if len(df) else float("nan")
+    for i, (_, r) in enumerate(df.iterrows()):
         val = _fmt(r[primary])
         if r["method"] != "h2t" and r[primary] == best:
             val = f"**{val}**"
-        lines.append(f"| {r['label']} | {val} | {_fmt(r['psnr'], 2)} | {_fmt(r['paper_' + primary])} |")
+        lines.append(f"| {r['label']} | {val} | {_fmt(r['psnr'], 2)} | {lpips[i]} | {_fmt(r['paper_' + primary])} "
+                     f"| {_fmt(r.get('paper_lpips', float('nan')), 3)} |")
+    if notes:
+        lines += ["", *(f"{n}  " for n in notes)]
     return "\n".join(lines)
 
 
@@ -175,16 +236,27 @@ def stage_times_table(times: Mapping[str, float]) -> str:
     return "\n".join(lines)
 
 
+def _split_sizes(p: Params) -> str:
+    if p.data.name == "synthetic":
+        return f"{p.data.synthetic.num_train} train / {p.data.synthetic.num_val} val images, "
+    return ""  # a real dataset's sizes are in its download stage's MLflow run and each train history
+
+
+def _sr_name(p: Params) -> str:
+    name = f"{p.sr.arch} {p.sr.n_blocks}x{p.sr.n_feats}" if p.sr.arch == "edsr" else p.sr.arch
+    return name + (f" from {Path(p.sr.init).name}" if p.sr.init else "")
+
+
 def _intro(p: Params) -> list[str]:
     return [
-        f"Dataset **{p.data.name}** ({p.data.synthetic.num_train} train / {p.data.synthetic.num_val} val images, "
-        f"{p.data.synthetic.image_size} px HR), scale **x{p.degrade.scale}** (bicubic, antialias={p.degrade.antialias}), "
-        f"SR **{p.sr.arch} {p.sr.n_blocks}x{p.sr.n_feats}**, {p.train.epochs} epochs per method "
+        f"Dataset **{p.data.name}** ({_split_sizes(p)}{p.data.hr_size} px HR), scale **x{p.degrade.scale}** (bicubic, antialias={p.degrade.antialias}), "
+        f"SR **{_sr_name(p)}**, {p.train.epochs} epochs per method "
         f"(SR pre-training {p.pretrain_sr.epochs}; SR4IR warm-up {p.train.sr4ir.warmup_epochs}), "
         f"TDP weight {p.train.sr4ir.tdp_weight}, CQMix p={p.train.sr4ir.cqmix_p}, seed {p.seed}.",
         "",
         "Metrics are from the last epoch on the val split (as the paper reports). PSNR is RGB on 8-bit levels with "
-        f"a {p.eval.psnr_crop_border}-px border crop; H2T sees the HR image, so it has none.",
+        f"a {p.eval.psnr_crop_border}-px border crop; LPIPS (VGG, v0.1) compares the same images with the same crop; "
+        "H2T sees the HR image, so it has neither.",
     ]
 
 
@@ -194,13 +266,16 @@ FIGURE_CAPTIONS = {
 }
 
 
+def _primary(df: pd.DataFrame) -> str:
+    return next(c for c in df.columns if c.startswith("paper_") and c != "paper_lpips").removeprefix("paper_")
+
+
 def render_markdown(params: Params, sections: list[tuple[str, pd.DataFrame, list[str], dict[str, str]]],
                     times: Mapping[str, float]) -> str:
     out = ["# SR4IR study report", "", *_intro(params), ""]
     for task, df, checks, figures in sections:
-        paper = PAPER.get(task, {})
-        primary = [c for c in df.columns if c.startswith("paper_")][0].removeprefix("paper_")
-        out += [f"## Task: {task}", "", markdown_table(df, primary, paper.get("dataset", "n/a")), "",
+        primary = _primary(df)
+        out += [f"## Task: {task}", "", markdown_table(df, primary, paper_label(task, params)), "",
                 "Reproduction check, against the ordering of the paper's published numbers:", "", *checks, ""]
         for kind, fig in figures.items():
             out += [f"![{task} {kind}]({fig})", "", f"*{FIGURE_CAPTIONS.get(kind, '')}*", ""]
@@ -224,14 +299,16 @@ def render_html(params: Params, sections: list[tuple[str, pd.DataFrame, list[str
 
     body = [f"<h1>SR4IR study report</h1>", f"<p>{esc(' '.join(_intro(params)).replace('**', ''))}</p>"]
     for task, df, checks, figures in sections:
-        primary = [c for c in df.columns if c.startswith("paper_")][0].removeprefix("paper_")
-        paper = PAPER.get(task, {})
+        primary = _primary(df)
+        lpips, notes = lpips_cells(df)
         rows = "".join(
-            f"<tr><td>{esc(r['label'])}</td><td>{_fmt(r[primary])}</td><td>{_fmt(r['psnr'], 2)}</td>"
-            f"<td>{_fmt(r['paper_' + primary])}</td></tr>" for _, r in df.iterrows())
-        body += [f"<h2>Task: {esc(task)}</h2>",
+            f"<tr><td>{esc(r['label'])}</td><td>{_fmt(r[primary])}</td><td>{_fmt(r['psnr'], 2)}</td><td>{esc(lpips[i])}</td>"
+            f"<td>{_fmt(r['paper_' + primary])}</td><td>{_fmt(r.get('paper_lpips', float('nan')), 3)}</td></tr>"
+            for i, (_, r) in enumerate(df.iterrows()))
+        body += [f"<h2>Task: {esc(task)}</h2>", f"<p>Paper columns: {esc(paper_label(task, params))}.</p>",
                  f"<table><tr><th>Method</th><th>{esc(METRIC_LABELS.get(primary, primary))} ↑</th><th>PSNR (dB) ↑</th>"
-                 f"<th>paper {esc(primary)} ({esc(paper.get('dataset', 'n/a'))})</th></tr>{rows}</table>",
+                 f"<th>LPIPS ↓</th><th>paper {esc(primary)}</th><th>paper LPIPS</th></tr>{rows}</table>",
+                 *(f'<p class="note">{esc(n)}</p>' for n in notes),
                  "<h3>Reproduction check</h3><ul>" + "".join(f"<li>{esc(c.removeprefix('- '))}</li>" for c in checks) + "</ul>"]
         for kind, fig in figures.items():
             body += [f"<figure>{img(fig, f'{task} {kind}')}<figcaption>{esc(FIGURE_CAPTIONS.get(kind, ''))}</figcaption></figure>"]
@@ -240,6 +317,6 @@ def render_html(params: Params, sections: list[tuple[str, pd.DataFrame, list[str
                  + "".join(f"<tr><td>{esc(k)}</td><td>{v:.0f}</td></tr>" for k, v in times.items()) + "</table>"]
     style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}table{border-collapse:collapse}"
              "td,th{border:1px solid #ccc;padding:4px 10px;text-align:right}td:first-child,th:first-child{text-align:left}"
-             "img{max-width:100%}figcaption{font-size:90%;color:#555}")
+             "img{max-width:100%}figcaption{font-size:90%;color:#555}.note{font-size:90%;color:#555;margin:.3em 0}")
     return (f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>SR4IR study report</title>"
             f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n")

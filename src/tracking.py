@@ -273,7 +273,10 @@ def stage_run(stage: str, params: Any, *, task: str = "", method: str = "", expe
 
     @contextlib.contextmanager
     def _cm():
-        tracker = Tracker(experiment, enabled=os.environ.get("SR4IR_TRACKING", "1") != "0")
+        from src.distributed import is_main
+
+        # Under torchrun only rank 0 tracks: the other ranks get a disabled tracker (every call a no-op).
+        tracker = Tracker(experiment, enabled=os.environ.get("SR4IR_TRACKING", "1") != "0" and is_main())
         common = git_tags()
         key = dvc_invocation_key()
         parent = pipeline_parent(tracker, key, common) if key else None

@@ -122,7 +122,8 @@ class Objective:
         t0 = time.perf_counter()
         try:
             result = self.train_fn(params, self.task, "sr4ir", self.paths.raw, self.paths.lr, sr_init=self.paths.sr_init,
-                                   callbacks=callbacks, train_fraction=params.tune.data_fraction)
+                                   callbacks=callbacks, train_fraction=params.tune.data_fraction,
+                                   monitor_fraction=1.0)  # the objective is the last epoch's score on the whole split
         except optuna.TrialPruned:
             self.tracker.set_tags(run, {"optuna.state": "PRUNED"})
             self.tracker.end_run(run, "KILLED")

@@ -94,6 +94,8 @@ def resolve_device(choice: str) -> torch.device:
         raise RuntimeError("params.yaml: device: cuda requested but no CUDA device is available")
     if choice == "auto":
         choice = "cuda" if torch.cuda.is_available() else "cpu"
+    if choice == "cuda" and "LOCAL_RANK" in os.environ:  # under torchrun: one GPU per process
+        return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
     return torch.device(choice)
 
 
@@ -111,7 +113,9 @@ def to_device(obj: Any, device: torch.device) -> Any:
 
 
 def progress(iterable: Any, **kwargs: Any) -> Any:
-    """A tqdm bar on a terminal; silent in logs and CI."""
+    """A tqdm bar on a terminal; silent in logs and CI, and in every process but rank 0 of a torchrun group."""
     from tqdm.auto import tqdm
 
-    return tqdm(iterable, disable=not sys.stderr.isatty(), leave=False, dynamic_ncols=True, **kwargs)
+    from src.distributed import is_main
+
+    return tqdm(iterable, disable=not sys.stderr.isatty() or not is_main(), leave=False, dynamic_ncols=True, **kwargs)

@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 
 from src.config import ConfigError, Params, parse_params
+from src.data import dataset as dataset_mod
 from src.data.dataset import DataError, PairedDataset, bad_sample_policy, make_loader
 from src.data.degrade import degrade_folder
 from src.tasks import build_task
@@ -259,12 +260,27 @@ def test_a_bad_sample_never_reaches_a_dataloader_worker(data):
     assert seen == N_TRAIN - 2
 
 
-def test_a_file_broken_after_the_check_fails_naming_it(data):
+def test_a_file_broken_after_the_check_fails_naming_it(data, monkeypatch):
     raw, lr = data
+    monkeypatch.setattr(dataset_mod, "CACHE_BYTES", 0)  # a split too large to keep decoded: read per item
     ds = PairedDataset(raw, lr, "train", None)
     _truncate(lr / f"train/{ds.names[0]}.png")
     with pytest.raises(ValueError, match=rf"lr/train/{ds.names[0]}.png: cannot decode image"):
         ds[0]
+
+
+def test_kept_pixels_equal_the_files_and_spare_the_decode(data, monkeypatch):
+    raw, lr = data
+    cached = PairedDataset(raw, lr, "train", None)
+    monkeypatch.setattr(dataset_mod, "CACHE_BYTES", 0)
+    from_disk = PairedDataset(raw, lr, "train", None)
+    assert len(cached._pixels) == len(cached) and not from_disk._pixels
+    for i in range(len(cached)):
+        for a, b in zip(cached[i][:2], from_disk[i][:2]):
+            assert a.dtype == b.dtype and torch.equal(a, b)
+    before = cached[0][1].clone()
+    _truncate(lr / f"train/{cached.names[0]}.png")  # kept pixels: no epoch reads the file again
+    assert torch.equal(cached[0][1], before)
 
 
 def test_degrade_leaves_an_unreadable_hr_image_to_the_dataset(data, tmp_path, tiny_params, caplog):
@@ -286,7 +302,7 @@ def test_degrade_leaves_an_unreadable_hr_image_to_the_dataset(data, tmp_path, ti
     ({"data": {"on_bad_sample": "ignore"}}, "data.on_bad_sample", "'error' or 'skip'"),
     ({"data": {"num_workers": -1}}, "data.num_workers", "greater than or equal to 0"),
     ({"data": {"synthetic": {"image_size": 8}}}, "data.synthetic.image_size", "greater than or equal to 16"),
-    ({"data": {"name": "voc"}}, "data.name", "'synthetic'"),
+    ({"data": {"name": "imagenet"}}, "data.name", "'synthetic'"),
 ])
 def test_bad_data_params_name_the_key_and_the_allowed_values(raw_params, key, fragment):
     with pytest.raises(ConfigError) as info:

@@ -99,3 +99,77 @@ def test_non_finite_loss_stops_before_updating(loaders, tiny_params):
     with pytest.raises(FloatingPointError, match="non-finite loss_task"):
         recogniser_step(s, batch, False)
     assert all(torch.equal(before[k], v) for k, v in s.rec.named_parameters())  # no NaN reaches the weights
+
+
+@pytest.mark.parametrize("arch", ["swinir_light", "swinir_m"])
+def test_sr4ir_trains_with_a_swinir_sr_network(arch, loaders, tiny_params):
+    """sr.arch switches the SR network for every method; the SR4IR step runs through SwinIR unchanged."""
+    from src.config import parse_params
+    from src.models.swinir import SwinIR
+
+    raw = tiny_params.model_dump()
+    raw["sr"]["arch"] = arch
+    params = parse_params(raw)
+    task, train, val = loaders
+    s = build_setup(METHODS["sr4ir"], params, task)
+    assert isinstance(s.sr, SwinIR) and s.sr.embed_dim == (60 if arch == "swinir_light" else 180)
+    sr0 = _state(s.sr)
+    batch = next(iter(train))
+    from src.data.dataset import Batch
+    from src.engine import alternate_step
+
+    small = Batch(lr=batch.lr[:2], hr=batch.hr[:2], target=batch.target[:2])  # SwinIR-M is large for a CPU test
+    terms = alternate_step(s, small, True)
+    assert all(math.isfinite(float(v.detach())) for v in terms.values())
+    assert _changed(sr0, s.sr)
+    assert s.sr(small.lr).shape == small.hr.shape
+
+
+def _without_batchnorm(net):
+    for name, child in net.named_children():
+        if isinstance(child, torch.nn.BatchNorm2d):
+            setattr(net, name, torch.nn.Identity())
+        else:
+            _without_batchnorm(child)
+    return net
+
+
+def test_phase2_batched_is_the_same_loss_in_one_forward(loaders, tiny_params):
+    """train.sr4ir.phase2_batched: one recogniser forward over [SR; HR; CQMix]. Without BatchNorm (whose batch
+    statistics are what the approximation changes) it takes the paper's phase-2 step exactly."""
+    import copy
+
+    from src.config import parse_params
+    from src.engine import alternate_step
+
+    task, train, _ = loaders
+    raw = tiny_params.model_dump()
+    raw["train"]["sr4ir"]["phase2_batched"] = True
+    batched_params = parse_params(raw)
+    torch.manual_seed(0)
+    paper = build_setup(METHODS["sr4ir"], tiny_params, task, mix_seed=1)
+    _without_batchnorm(paper.rec)
+    paper.opt_rec = torch.optim.SGD(paper.rec.parameters(), lr=0.1)
+    batched = copy.deepcopy(paper)
+    batched.loss_cfg = batched_params.train.sr4ir
+    batched.opt_rec = torch.optim.SGD(batched.rec.parameters(), lr=0.1)
+    calls = []
+    batched.rec.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    batch = next(iter(train))
+    t_paper = alternate_step(paper, batch, True)
+    t_batched = alternate_step(batched, batch, True)
+    assert calls == [3 * batch.hr.shape[0]]  # one phase-2 forward (phase 1 runs the critic's features, no forward)
+    assert set(t_batched) == {"loss_pix", "loss_tdp", "loss_task_batched"}
+    mean3 = (t_paper["loss_task_sr"] + t_paper["loss_task_hr"] + t_paper["loss_task_cqmix"]) / 3
+    assert torch.allclose(t_batched["loss_task_batched"], mean3, atol=1e-6)
+    for (k, a), b in zip(paper.rec.state_dict().items(), batched.rec.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6), k
+
+
+def test_phase2_batched_needs_equal_weights(tiny_params):
+    from src.config import ConfigError, parse_params
+
+    raw = tiny_params.model_dump()
+    raw["train"]["sr4ir"].update(phase2_batched=True, hr_weight=0.5)
+    with pytest.raises(ConfigError, match="phase2_batched needs sr_weight == hr_weight == cqmix_weight"):
+        parse_params(raw)

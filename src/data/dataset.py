@@ -5,6 +5,9 @@ images decode completely (a truncated PNG included), the split has one HR size (
 one integer scale (LR * k == HR), and the task's targets load (class ids, boxes, mask sizes). A bad
 sample is an error naming the file and the problem (``data.on_bad_sample: error``, the default) or is
 dropped and listed in ``dataset.skipped`` (``skip``); a DataLoader worker never meets one.
+
+The check decodes every image anyway, so a split whose pixels fit in ``CACHE_BYTES`` keeps them (as
+uint8) and no epoch decodes a PNG again; a larger split is read from disk in ``__getitem__``.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -32,6 +36,7 @@ ON_BAD_SAMPLE = ("error", "skip")
 _TARGET_ERRORS = (KeyError, ValueError, TypeError, IndexError, OSError)
 _IMAGE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 _WARN_FIRST = 5  # bad samples named in the skip warning
+CACHE_BYTES = 512 * 2**20  # decoded uint8 pixels (HR + LR) a dataset keeps in memory
 
 Skipped = list[tuple[str, str]]  # (file, problem)
 _POLICY: ContextVar[tuple[str, dict[str, Skipped]] | None] = ContextVar("bad_sample_policy", default=None)
@@ -99,14 +104,7 @@ class PairedDataset(Dataset):
         problems = self._check_images(names)
         targets: dict[str, Any] = {}
         if task is not None:
-            split_dir = raw / split
-            try:  # problems of the annotation file as a whole (unreadable, malformed): no single sample to drop
-                task.load_targets(split_dir, [])
-            except _TARGET_ERRORS as err:
-                if isinstance(err, FileNotFoundError):
-                    raise
-                raise DataError(_message(err)) from None
-            targets, bad = _targets_by_sample(task, split_dir, [n for n in names if n not in problems])
+            targets, bad = _targets_by_sample(task, raw / split, [n for n in names if n not in problems])
             for n, msg in bad.items():
                 problems[n] = _file_and_problem(msg, self.hr_dir / f"{n}.png")
 
@@ -132,23 +130,36 @@ class PairedDataset(Dataset):
         """The first problem of each bad sample's images, by name: (file, problem)."""
         problems: dict[str, tuple[str, str]] = {}
         hr_sizes: dict[str, tuple[int, int]] = {}
+        pixels: dict[str, list[np.ndarray]] = {}
+        budget = CACHE_BYTES
+
+        def keep(n: str, arr: np.ndarray) -> None:
+            nonlocal budget
+            budget -= arr.nbytes
+            if budget >= 0:
+                pixels.setdefault(n, []).append(arr)
+
         for n in names:
             hr = self.hr_dir / f"{n}.png"
-            size = _decoded_size(hr)
-            if isinstance(size, str):
-                problems[n] = (str(hr), size)
+            arr = _decode(hr)
+            if isinstance(arr, str):
+                problems[n] = (str(hr), arr)
             else:
-                hr_sizes[n] = size
+                hr_sizes[n] = (arr.shape[1], arr.shape[0])
+                keep(n, arr)
         lr_sizes: dict[str, tuple[int, int]] = {}
         scales: dict[str, int | None] = {}
         for n in hr_sizes:
             lr = self.lr_dir / f"{n}.png"
-            size = _decoded_size(lr)
-            if isinstance(size, str):
-                problems[n] = (str(lr), "LR twin missing (rerun the degrade stage)" if size == "missing" else size)
+            arr = _decode(lr)
+            if isinstance(arr, str):
+                problems[n] = (str(lr), "LR twin missing (rerun the degrade stage)" if arr == "missing" else arr)
             else:
-                lr_sizes[n] = size
+                lr_sizes[n] = size = (arr.shape[1], arr.shape[0])
                 scales[n] = _integer_scale(hr_sizes[n], size)
+                keep(n, arr)
+        # All or nothing: a split over the budget is read from disk, so memory stays bounded.
+        self._pixels = {n: (v[0], v[1]) for n, v in pixels.items() if len(v) == 2} if budget >= 0 else {}
         if not hr_sizes:
             return problems
         # The split has one HR size (a batch stacks its images) and one scale: take the most common ones.
@@ -177,8 +188,11 @@ class PairedDataset(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, Any]:
         name = self.names[i]
-        hr = read_rgb(self.hr_dir / f"{name}.png")  # a file changed since the check: a ValueError naming it
-        lr = read_rgb(self.lr_dir / f"{name}.png")
+        if name in self._pixels:
+            hr, lr = (torch.from_numpy(a).permute(2, 0, 1).float() / 255.0 for a in self._pixels[name])
+        else:
+            hr = read_rgb(self.hr_dir / f"{name}.png")  # a file changed since the check: a ValueError naming it
+            lr = read_rgb(self.lr_dir / f"{name}.png")
         if lr.shape[-2] * (hr.shape[-1] // max(lr.shape[-1], 1)) != hr.shape[-2]:
             raise ValueError(f"{self.lr_dir / name}.png: LR size {tuple(lr.shape[-2:])} does not match HR {tuple(hr.shape[-2:])}")
         target = self.targets[i]
@@ -193,17 +207,16 @@ class PairedDataset(Dataset):
         return Batch(lr=torch.stack(lrs), hr=torch.stack(hrs), target=self.task.collate_targets(list(targets)) if self.task else None)
 
 
-def _decoded_size(path: Path) -> tuple[int, int] | str:
-    """(width, height) of an image that decodes completely, or its problem ("missing" when absent).
+def _decode(path: Path) -> np.ndarray | str:
+    """(H, W, 3) uint8 RGB pixels of an image that decodes completely, or its problem ("missing" when absent).
 
-    ``Image.verify`` misses a truncated pixel stream; a full decode costs ~0.1 ms for a 64-px PNG.
+    ``Image.verify`` misses a truncated pixel stream; a full decode does not (~0.1 ms for a 64-px PNG).
     """
     try:
         if path.stat().st_size == 0:
             return "cannot decode image (empty file, 0 bytes)"
         with Image.open(path) as im:
-            im.load()
-            return im.size
+            return np.array(im.convert("RGB"))
     except FileNotFoundError:
         return "missing"
     except _IMAGE_ERRORS as err:
@@ -239,11 +252,23 @@ def _file_and_problem(msg: str, fallback: Path) -> tuple[str, str]:
 def _targets_by_sample(task: Task, split_dir: Path, names: Sequence[str]) -> tuple[dict[str, Any], dict[str, str]]:
     """Targets by name, and the problem of each sample whose target does not load.
 
-    One ``load_targets`` call when all are good; otherwise the failing halves are split again, so a few
-    bad samples among n cost O(log n) calls each (tasks report only their first problem).
+    One ``load_targets`` call when all are good (the annotation file is read once). Otherwise a call with
+    no samples tells a problem of the file as a whole (unreadable, malformed: an error, no single sample to
+    drop) from bad samples, and the failing halves are split again, so a few bad samples among n cost
+    O(log n) calls each (tasks report only their first problem).
     """
     good: dict[str, Any] = {}
     bad: dict[str, str] = {}
+    try:
+        return dict(zip(names, task.load_targets(split_dir, list(names)))), bad
+    except _TARGET_ERRORS:
+        pass
+    try:
+        task.load_targets(split_dir, [])
+    except _TARGET_ERRORS as err:
+        if isinstance(err, FileNotFoundError):
+            raise
+        raise DataError(_message(err)) from None
 
     def visit(chunk: Sequence[str]) -> None:
         if not chunk:
@@ -268,31 +293,60 @@ class EpochSampler(Sampler[int]):
 
     ``fit`` calls ``set_epoch`` before each epoch, so a resumed run needs only the epoch number to see the
     same batches as an uninterrupted one. The loader's own generator (worker seeds) is reset with it.
+
+    With ``world`` processes (``batch_size`` is the global batch), global batch k is chunk
+    ``perm[k*B:(k+1)*B]`` of the epoch's permutation, cut into ``world`` equal contiguous slices, and
+    ``rank`` takes slice ``rank``: the ranks' batches k together are the one-process batch k. A last chunk
+    that does not split evenly is padded by wrapping around the permutation (as DistributedSampler pads),
+    so every rank takes the same number of steps. One process keeps the plain permutation.
     """
 
-    def __init__(self, n: int, seed: int):
+    def __init__(self, n: int, seed: int, batch_size: int = 1, rank: int = 0, world: int = 1):
+        if batch_size % world:
+            raise ValueError(f"batch size {batch_size} is not divisible by {world} processes")
+        if not 0 <= rank < world:
+            raise ValueError(f"rank {rank} is not in [0, {world})")
         self.n, self.seed, self.epoch = n, seed, 0
+        self.batch_size, self.rank, self.world = batch_size, rank, world
         self.loader_generator = torch.Generator()
         self.set_epoch(0)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
-        self.loader_generator.manual_seed((self.seed + 1) * 1_000_003 + epoch)
+        # Worker seeds (augmentation in DataLoader workers) differ by rank; the data order does not.
+        self.loader_generator.manual_seed((self.seed + self.rank + 1) * 1_000_003 + epoch)
 
     def __iter__(self) -> Iterator[int]:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return iter(torch.randperm(self.n, generator=g).tolist())
+        perm = torch.randperm(self.n, generator=g).tolist()
+        if self.world == 1:
+            return iter(perm)
+        mine: list[int] = []
+        for start in range(0, self.n, self.batch_size):
+            chunk = perm[start:start + self.batch_size]
+            padded = -(-len(chunk) // self.world) * self.world
+            chunk += [perm[i % self.n] for i in range(padded - len(chunk))]  # wrap around the permutation
+            share = padded // self.world
+            mine += chunk[self.rank * share:(self.rank + 1) * share]
+        return iter(mine)
 
     def __len__(self) -> int:
-        return self.n
+        if self.world == 1:
+            return self.n
+        full, rest = divmod(self.n, self.batch_size)
+        return full * (self.batch_size // self.world) + -(-rest // self.world)
 
 
-def make_loader(ds: PairedDataset, batch_size: int, train: bool, num_workers: int, seed: int = 0) -> DataLoader:
-    """Training loaders shuffle with an ``EpochSampler`` seeded by ``seed``; evaluation loaders keep order."""
-    sampler = EpochSampler(len(ds), seed) if train else None
+def make_loader(ds: PairedDataset, batch_size: int, train: bool, num_workers: int, seed: int = 0,
+                rank: int = 0, world: int = 1) -> DataLoader:
+    """Training loaders shuffle with an ``EpochSampler`` seeded by ``seed``; evaluation loaders keep order.
+
+    ``batch_size`` is the global batch: with ``world`` processes a training loader yields this ``rank``'s
+    ``batch_size / world`` share of each global batch (``EpochSampler``)."""
+    sampler = EpochSampler(len(ds), seed, batch_size, rank, world) if train else None
     return DataLoader(
         ds,
-        batch_size=batch_size,
+        batch_size=batch_size // world if train else batch_size,
         sampler=sampler,
         drop_last=False,
         num_workers=num_workers,

@@ -7,6 +7,11 @@ Layout (``out`` is the ``download`` stage's output, ``data/raw``)::
     <split>/masks/<id>.png       per-pixel class map: 0 background, 1 + class id, 255 ignore
     <split>/labels.csv           id,label  (image-level class, for classification)
     <split>/instances.json       COCO detection annotations (category id = 1 + class id)
+    <split>/sources.csv          id,source  (real datasets only: the source file each id came from)
+
+Every image of a split has one size (a batch stacks them). A dataset writes only the annotation files it
+has (VOC: masks and instances.json; Stanford Cars and CUB-200: labels.csv); the synthetic set has all.
+``data.name`` other than ``synthetic`` is converted by ``src/data/sources``.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +27,7 @@ from PIL import Image
 
 from src.config import DataConfig
 from src.data import synthetic
+from src.data.sources import prepare_source
 from src.utils import atomic_path, progress
 
 SPLITS = ("train", "val")
@@ -61,10 +68,14 @@ def _write_split(folder: Path, samples: list[synthetic.Sample], class_names: tup
     (folder / "instances.json").write_text(json.dumps(_coco(samples, names, class_names)))
 
 
-def prepare_dataset(cfg: DataConfig, out: Path) -> dict[str, int]:
-    """Produce the dataset named by ``cfg.name`` at ``out`` (atomically); return split sizes."""
-    if cfg.name != "synthetic":  # guarded by the config's Literal; other sources arrive with real datasets
-        raise ValueError(f"data.name: unknown dataset {cfg.name!r}")
+def prepare_dataset(cfg: DataConfig, out: Path, tasks: Sequence[str] | None = None) -> dict[str, int]:
+    """Produce the dataset named by ``cfg.name`` at ``out`` (atomically); return split sizes.
+
+    ``tasks`` (params.tasks), when given, must all have annotations in the dataset (``ConfigError``
+    otherwise): for ``data.name: folder`` that is only known once the folder is read.
+    """
+    if cfg.name != "synthetic":
+        return prepare_source(cfg, out, tasks)
     syn = cfg.synthetic
     counts = {"train": syn.num_train, "val": syn.num_val}
     with atomic_path(out) as tmp:

@@ -165,3 +165,44 @@ def load_official_sr(net: nn.Module, path_or_state: Any) -> None:
     """Load released/official SR weights (a file path or a (wrapped) state dict) into ``net``, strictly."""
     sd = official_state_dict(net, path_or_state)
     _bare(net).load_state_dict(sd, strict=True)
+
+
+# Released DIV2K-trained SR weights the paper's SR networks start from (shared/SR4IR_METHOD.md section 2),
+# by file name: ``sr.init`` naming one of these downloads it when it is not there yet.
+RELEASES = {
+    "edsr_baseline_x2-1bc95232.pt": "https://cv.snu.ac.kr/research/EDSR/models/edsr_baseline_x2-1bc95232.pt",
+    "edsr_baseline_x4-6b446fab.pt": "https://cv.snu.ac.kr/research/EDSR/models/edsr_baseline_x4-6b446fab.pt",
+    **{f"001_classicalSR_DIV2K_s48w8_SwinIR-M_x{s}.pth":
+       f"https://github.com/JingyunLiang/SwinIR/releases/download/v0.0/001_classicalSR_DIV2K_s48w8_SwinIR-M_x{s}.pth"
+       for s in (2, 4, 8)},
+    **{f"002_lightweightSR_DIV2K_s64w8_SwinIR-S_x{s}.pth":
+       f"https://github.com/JingyunLiang/SwinIR/releases/download/v0.0/002_lightweightSR_DIV2K_s64w8_SwinIR-S_x{s}.pth"
+       for s in (2, 4)},
+}
+# Released elsewhere, by hand only.
+MANUAL = {"edsr_baseline_x8.pt": "the SR4IR authors' Google Drive link in assets/docs/Training.md of the SR4IR repository "
+                                 "(it is not an EDSR-PyTorch release)"}
+_HUB_HASH = re.compile(r"-([0-9a-f]{8,})\.pth?$")  # torch.hub convention: name-<sha256 prefix>.pt
+
+
+def fetch_release(path: Path | str, releases: Mapping[str, str] = RELEASES) -> Path:
+    """``path`` when it exists; otherwise download the release of that file name to it (verified when its
+    name carries a torch.hub hash prefix). A file only published by hand raises ``FileNotFoundError``
+    saying where to get it."""
+    from src.data.fetch import ChecksumError, download, sha256sum
+
+    path = Path(path)
+    if path.is_file():
+        return path
+    url = releases.get(path.name)
+    if url is None:
+        where = MANUAL.get(path.name, "its authors' release page")
+        raise FileNotFoundError(f"{path}: SR initial weights (sr.init) missing; download {path.name} from {where} "
+                                f"and place it at {path}")
+    download(url, path, manual_hint=f"download {url} by hand and place it at {path}")
+    if (m := _HUB_HASH.search(path.name)) and not sha256sum(path).startswith(m.group(1)):
+        bad = path.with_name(path.name + ".bad")
+        path.replace(bad)
+        raise ChecksumError(f"{url}: sha256 does not start with {m.group(1)} as its name says; moved to {bad}")
+    return path
+

@@ -1,4 +1,5 @@
-"""EDSR (Lim et al. 2017) with the EDSR-PyTorch state-dict layout, and the bilinear L2T upsampler."""
+"""EDSR (Lim et al. 2017) with the EDSR-PyTorch state-dict layout, the SR builder (EDSR or SwinIR), and the
+bilinear L2T upsampler."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from src.config import SRConfig
+from src.models.swinir import build_swinir, build_swinir_m
 
 DIV2K_MEAN = (0.4488, 0.4371, 0.4040)
 
@@ -61,8 +63,13 @@ class EDSR(nn.Module):
 
 
 def build_sr(cfg: SRConfig, scale: int) -> nn.Module:
+    """The SR network ``sr.arch`` names; every one maps (B, 3, h, w) in [0, 1] to (B, 3, s*h, s*w), unclamped."""
     if cfg.arch == "edsr":
         return EDSR(scale, cfg.n_blocks, cfg.n_feats, cfg.res_scale)
+    if cfg.arch == "swinir_light":
+        return build_swinir(scale)
+    if cfg.arch == "swinir_m":
+        return build_swinir_m(scale)
     raise KeyError(f"sr.arch: unknown architecture {cfg.arch!r}")
 
 

@@ -48,10 +48,7 @@ class ClassificationTask:
     primary_metric = "top1"
 
     def __init__(self, cfg: ClsConfig, num_classes: int):
-        self.cfg, self.num_classes = cfg, num_classes
-        for layer in cfg.tdp_layers:
-            if layer not in _STAGES:
-                raise ValueError(f"cls.tdp_layers: unknown layer {layer!r}; choose from {list(_STAGES)}")
+        self.cfg, self.num_classes = cfg, num_classes  # layer and loss-term names: checked by ClsConfig
 
     def build_model(self) -> nn.Module:
         weights = None

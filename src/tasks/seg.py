@@ -47,10 +47,7 @@ class SegmentationTask:
 
     def __init__(self, cfg: SegConfig, num_classes: int):
         self.cfg = cfg
-        self.num_classes = num_classes + 1  # + background (mask value 0)
-        for layer in cfg.tdp_layers:
-            if layer not in ("C5", "C2"):
-                raise ValueError(f"seg.tdp_layers: unknown layer {layer!r}; choose from ['C2', 'C5']")
+        self.num_classes = num_classes + 1  # + background (mask value 0); layer names: checked by SegConfig
 
     def build_model(self) -> nn.Module:
         weights_backbone = "DEFAULT" if self.cfg.pretrained_backbone else None

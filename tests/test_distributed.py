@@ -1,0 +1,260 @@
+"""Many processes (``train.nproc``): torchrun with the Gloo backend on the CPU, 2 processes.
+
+The process tests share two module fixtures: one torchrun run of a driver (the library path: exactness,
+ranks in step, gradient averaging, a non-finite loss on one rank) and the two training stages run as DVC
+runs them (the stage path: torchrun started by the stage itself, only rank 0 writes).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from src.config import ConfigError, parse_params
+from src.data.dataset import EpochSampler, PairedDataset, make_loader
+from src.experiment import pretrain_sr
+from tests.conftest import TINY
+
+ROOT = Path(__file__).resolve().parents[1]
+# 16 train images, global batch 8: 2 steps per epoch, each rank 4 images per step. SR pre-training without
+# augmentation (exactly one process's math); SR4IR with flips, so the ranks' own random streams matter.
+PRETRAIN = TINY
+RUN = {**TINY, "data": {**TINY["data"], "hflip": True}}
+
+DRIVER = r"""
+import json, sys
+from pathlib import Path
+import torch
+from src import distributed, engine
+from src.config import parse_params
+from src.experiment import pretrain_sr, train_method
+
+distributed.init()
+rank = distributed.rank()
+cfg = json.loads(sys.argv[1])
+out, raw, lr = Path(cfg["out"]), Path(cfg["raw"]), Path(cfg["lr"])
+params = parse_params(cfg["params"])
+report = {"world": distributed.world_size(), "backend": distributed.backend()}
+
+sr = pretrain_sr(parse_params(cfg["pretrain_params"]), raw, lr)  # SR alone, L1 (EDSR: no BatchNorm)
+torch.save(sr.states["sr"], out / f"pretrain{rank}.pt")
+report["pretrain_history"] = sr.history
+run = train_method(params, "cls", "sr4ir", raw, lr, sr_init=out / f"pretrain{rank}.pt")  # BatchNorm, CQMix
+torch.save(run.states, out / f"sr4ir{rank}.pt")
+report["sr4ir_history"] = run.history
+
+# Gradient averaging: a parameter with a gradient on rank 0 only, one with a gradient nowhere.
+a, b = torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(2))
+if rank == 0:
+    a.grad = torch.tensor([2.0, 4.0, 6.0])
+report["bad_ranks"] = distributed.average_gradients([a, b], bad=rank == 1)
+report["a_grad"], report["b_grad_is_none"] = a.grad.tolist(), b.grad is None
+
+# A non-finite TDP loss on rank 1 only: both ranks stop at the same step, before any update.
+real = engine.tdp_loss
+engine.tdp_loss = lambda *x, **k: real(*x, **k) * (float("nan") if rank == 1 else 1.0)
+try:
+    train_method(params, "cls", "sr4ir", raw, lr, sr_init=out / f"pretrain{rank}.pt")
+except FloatingPointError as err:
+    report["error"] = str(err)
+(out / f"rank{rank}.json").write_text(json.dumps(report))
+"""
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]), OMP_NUM_THREADS="1")
+    env.pop("RANK", None)
+    env.pop("LOCAL_RANK", None)
+    return env | extra
+
+
+def _ok(out: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert out.returncode == 0, f"exit {out.returncode}\n{out.stdout[-3000:]}\n{out.stderr[-5000:]}"
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# Sampler and config (no processes)
+
+
+def _batches(n: int, batch: int, rank: int, world: int, epoch: int = 1, seed: int = 5) -> list[list[int]]:
+    sampler = EpochSampler(n, seed, batch, rank, world)
+    sampler.set_epoch(epoch)
+    order = list(sampler)
+    assert len(order) == len(sampler)
+    share = batch // world
+    return [order[i:i + share] for i in range(0, len(order), share)]
+
+
+@pytest.mark.parametrize("n, batch, world", [(16, 8, 2), (24, 12, 3), (8, 8, 4)])
+def test_the_ranks_batches_together_are_the_one_process_batches(n, batch, world):
+    single = _batches(n, batch, 0, 1)
+    ranks = [_batches(n, batch, r, world) for r in range(world)]
+    assert all(len(b) == len(single) for b in ranks)
+    for k, whole in enumerate(single):
+        assert [i for r in range(world) for i in ranks[r][k]] == whole
+
+
+def test_an_uneven_last_batch_is_padded_by_wrapping_around_the_permutation():
+    n, batch, world = 13, 8, 2  # batches of 8 and 5; the 5 split 3 + 3 with one index repeated
+    single = _batches(n, batch, 0, 1)
+    ranks = [_batches(n, batch, r, world) for r in range(world)]
+    assert [len(b) for b in ranks[0]] == [len(b) for b in ranks[1]] == [4, 3]
+    assert ranks[0][0] + ranks[1][0] == single[0]
+    perm = [i for b in single for i in b]
+    assert ranks[0][1] + ranks[1][1] == single[1] + perm[:1]
+    assert sorted({i for r in ranks for b in r for i in b}) == list(range(n))  # every sample seen
+
+
+def test_one_process_keeps_the_order_of_before():
+    for epoch in (0, 1, 7):
+        sampler = EpochSampler(21, 3)
+        sampler.set_epoch(epoch)
+        g = torch.Generator().manual_seed(3 * 1_000_003 + epoch)
+        assert list(sampler) == torch.randperm(21, generator=g).tolist() and len(sampler) == 21
+        assert torch.equal(sampler.loader_generator.get_state(), torch.Generator().manual_seed(4 * 1_000_003 + epoch).get_state())
+
+
+def test_a_rank_loader_yields_its_share_of_every_global_batch(tiny_data):
+    raw, lr = tiny_data
+    ds = PairedDataset(raw, lr, "train", None)
+    loader = make_loader(ds, 8, True, 0, seed=0, rank=1, world=2)
+    assert [b.hr.shape[0] for b in loader] == [4, 4] and len(loader) == 2
+    assert make_loader(ds, 8, False, 0, rank=1, world=2).batch_size == 8  # evaluation is not split
+
+
+@pytest.mark.parametrize("override, key", [
+    ({"train": {"nproc": 3}}, "train.batch_size (32) must be divisible by train.nproc (3)"),
+    ({"train": {"nproc": 4}, "pretrain_sr": {"batch_size": 6}}, "pretrain_sr.batch_size (6) must be divisible by train.nproc (4)"),
+    ({"train": {"nproc": 0}}, "train.nproc: Input should be greater than 0"),
+])
+def test_a_batch_that_does_not_split_over_the_processes_is_a_config_error(override, key):
+    with pytest.raises(ConfigError, match=r"params\.yaml: .*" + key.replace("(", r"\(").replace(")", r"\)")):
+        parse_params(override, "params.yaml")
+    assert parse_params({"train": {"nproc": 4}}).train.nproc == 4  # 32 / 4
+
+
+# ---------------------------------------------------------------------------------------------------
+# The library under torchrun
+
+
+@pytest.fixture(scope="module")
+def torchrun(tmp_path_factory, tiny_data) -> dict:
+    out = tmp_path_factory.mktemp("ranks")
+    raw, lr = tiny_data
+    script = out / "driver.py"
+    script.write_text(DRIVER)
+    cfg = {"out": str(out), "raw": str(raw), "lr": str(lr), "params": RUN, "pretrain_params": PRETRAIN}
+    _ok(subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
+                        json.dumps(cfg)], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300))
+    return {"out": out, "ranks": [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]}
+
+
+@pytest.mark.slow
+def test_two_processes_pretrain_the_same_sr_weights_as_one(torchrun, tiny_data):
+    raw, lr = tiny_data
+    one = pretrain_sr(parse_params(PRETRAIN), raw, lr)  # this process: no process group
+    assert [r["world"] for r in torchrun["ranks"]] == [2, 2] and torchrun["ranks"][0]["backend"] == "gloo"
+    two = torch.load(torchrun["out"] / "pretrain0.pt", weights_only=True)
+    diff = max((one.states["sr"][k] - v).abs().max().item() for k, v in two.items())
+    assert diff < 1e-5, diff
+    h1, h2 = one.history[-1], torchrun["ranks"][0]["pretrain_history"][-1]
+    assert h2["train/loss_pix"] == pytest.approx(h1["train/loss_pix"], rel=1e-5)  # the global mean, not rank 0's
+    assert h2["val/psnr"] == pytest.approx(h1["val/psnr"], abs=1e-3)
+
+
+@pytest.mark.slow
+def test_the_ranks_stay_in_step_and_agree_on_every_record(torchrun):
+    out = torchrun["out"]
+    for stage in ("pretrain", "sr4ir"):
+        a, b = (torch.load(out / f"{stage}{r}.pt", weights_only=True) for r in range(2))
+        if stage == "pretrain":
+            a, b = {"sr": a}, {"sr": b}
+        for net in a:  # parameters and BatchNorm buffers alike
+            for k, v in a[net].items():
+                assert torch.equal(v, b[net][k]), f"{stage} {net}.{k} differs between the ranks"
+    r0, r1 = torchrun["ranks"]
+    strip = lambda h: [{k: v for k, v in rec.items() if not k.startswith("time/")} for rec in h]  # noqa: E731
+    assert strip(r0["sr4ir_history"]) == strip(r1["sr4ir_history"])
+    assert len(r0["sr4ir_history"]) == 2 and "val/top1" in r0["sr4ir_history"][-1]
+
+
+@pytest.mark.slow
+def test_gradients_are_averaged_and_a_non_finite_loss_on_one_rank_stops_both(torchrun):
+    for report in torchrun["ranks"]:
+        assert report["a_grad"] == [1.0, 2.0, 3.0]  # (g + nothing) / 2: DDP with unused parameters
+        assert report["b_grad_is_none"] and report["bad_ranks"] == 1
+    r0, r1 = torchrun["ranks"]
+    assert "non-finite SR4IR phase-1 loss in 1 of 2 processes, at step 1 of sr4ir epoch 2/2" in r0["error"]
+    assert "loss_tdp=nan" in r1["error"] and "at step 1 of sr4ir epoch 2/2" in r1["error"]
+
+
+# ---------------------------------------------------------------------------------------------------
+# The stages, as `dvc repro` runs them
+
+
+def _stage_dir(root: Path, data: tuple[Path, Path], nproc: int) -> Path:
+    work = root / f"nproc{nproc}"
+    (work / "data").mkdir(parents=True)
+    (work / "data/raw").symlink_to(data[0])
+    (work / "data/lr").symlink_to(data[1])
+    params = {**TINY, "train": {**TINY["train"], "nproc": nproc}}
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return work
+
+
+def _stage(work: Path, *args: str) -> subprocess.CompletedProcess:
+    return _ok(subprocess.run([sys.executable, "-m", *args], cwd=work, capture_output=True, text=True, timeout=300,
+                              env=_env(MLFLOW_TRACKING_URI=f"sqlite:///{work / 'mlflow.db'}")))
+
+
+@pytest.fixture(scope="module")
+def stages(tmp_path_factory, tiny_data) -> dict[int, Path]:
+    root = tmp_path_factory.mktemp("stages")
+    two = _stage_dir(root, tiny_data, 2)
+    logs = _stage(two, "pipeline.pretrain_sr").stderr
+    logs += _stage(two, "pipeline.train", "--task", "cls", "--method", "sr4ir").stderr
+    (two / "stderr.txt").write_text(logs)
+    one = _stage_dir(root, tiny_data, 1)
+    (one / "models").mkdir()
+    (one / "models/sr_pretrained.pt").write_bytes((two / "models/sr_pretrained.pt").read_bytes())
+    _stage(one, "pipeline.train", "--task", "cls", "--method", "sr4ir")
+    return {1: one, 2: two}
+
+
+@pytest.mark.slow
+def test_the_stages_run_under_torchrun_and_write_what_one_process_writes(stages):
+    one, two = stages[1], stages[2]
+    logs = (two / "stderr.txt").read_text()
+    for stage in ("pipeline.pretrain_sr", "pipeline.train"):
+        assert logs.count(f"{stage}: 2 processes (torchrun, gloo)") == 1  # rank 0 alone logs
+    assert logs.count("pretrain_sr: val PSNR") == 1 and logs.count("train cls/sr4ir:") == 1
+    a, b = (json.loads((w / "metrics/train/cls/sr4ir.json").read_text()) for w in (one, two))
+    assert a.keys() == b.keys() and a["skipped"] == b["skipped"]
+    assert [sorted(rec) for rec in a["epochs"]] == [sorted(rec) for rec in b["epochs"]]
+    assert [rec["epoch"] for rec in b["epochs"]] == [1, 2]
+    assert sorted(p.name for p in (two / "models/cls/sr4ir").iterdir()) == ["rec.pt", "sr.pt"]
+    assert (two / "models/sr_pretrained.pt").is_file() and (two / "metrics/train/sr_pretrain.json").is_file()
+
+
+@pytest.mark.slow
+def test_only_rank_0_writes_and_tracks(stages):
+    from mlflow.tracking import MlflowClient
+
+    two = stages[2]
+    client = MlflowClient(f"sqlite:///{two / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("sr4ir").experiment_id])
+    assert sorted(r.info.run_name for r in runs) == ["pretrain_sr", "train/cls/sr4ir"]  # one run per stage
+    assert all(r.info.status == "FINISHED" and r.data.params["train.nproc"] == "2" for r in runs)
+    assert [m.step for m in client.get_metric_history(
+        next(r.info.run_id for r in runs if r.info.run_name == "train/cls/sr4ir"), "val/top1")] == [1, 2]
+    stray = [p for p in two.rglob("*") if p.name.startswith(".") or p.name.endswith(".tmp")]
+    assert stray == []  # no atomic-write leftovers from a second writer
+    assert [p for p in (two / "checkpoints").rglob("*") if p.is_file()] == []  # removed after the outputs
