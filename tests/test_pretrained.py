@@ -1,0 +1,41 @@
+"""ImageNet-pretrained task networks (the paper's setting) are a params switch; when torchvision cannot fetch
+the weights the error names the switch and how to do without them."""
+
+from __future__ import annotations
+
+import urllib.error
+
+import pytest
+import torchvision
+
+from src.config import parse_params
+from src.tasks import build_task
+from tests.conftest import TINY
+
+SWITCHES = {"cls": ("pretrained", "cls.pretrained"), "seg": ("pretrained_backbone", "seg.pretrained_backbone"),
+            "det": ("pretrained_backbone", "det.pretrained_backbone")}
+
+
+@pytest.mark.parametrize("task_name", sorted(SWITCHES))
+def test_unfetchable_imagenet_weights_name_the_switch(task_name, tiny_data, monkeypatch, tmp_path):
+    def offline(url, *args, **kwargs):
+        raise urllib.error.URLError(f"no network for {url}")
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # nothing cached
+    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", offline)
+    field, key = SWITCHES[task_name]
+    params = parse_params({**TINY, task_name: {field: True}}, "tiny")
+    task = build_task(task_name, params, tiny_data[0])
+    with pytest.raises(RuntimeError, match=rf"{key}: could not load ImageNet weights .*no network for https://download.pytorch.org"
+                                           rf".*set {key}: false"):
+        task.build_model()
+
+
+@pytest.mark.parametrize("task_name", sorted(SWITCHES))
+def test_the_default_never_downloads(task_name, tiny_data, monkeypatch):
+    def forbidden(url, *args, **kwargs):
+        raise AssertionError(f"downloaded {url}")
+
+    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", forbidden)
+    params = parse_params(TINY, "tiny")
+    assert build_task(task_name, params, tiny_data[0]).build_model() is not None
