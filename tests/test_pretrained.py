@@ -9,6 +9,7 @@ import pytest
 import torchvision
 
 from src.config import parse_params
+from src.data.fetch import DownloadError
 from src.tasks import build_task
 from tests.conftest import TINY
 
@@ -26,9 +27,25 @@ def test_unfetchable_imagenet_weights_name_the_switch(task_name, tiny_data, monk
     field, key = SWITCHES[task_name]
     params = parse_params({**TINY, task_name: {field: True}}, "tiny")
     task = build_task(task_name, params, tiny_data[0])
-    with pytest.raises(RuntimeError, match=rf"{key}: could not load ImageNet weights .*no network for https://download.pytorch.org"
-                                           rf".*set {key}: false"):
+    with pytest.raises(DownloadError, match=rf"{key}: could not load ImageNet weights .*no network for https://download.pytorch.org"
+                                            rf".*set {key}: false, or place torchvision's weights file in {tmp_path}/hub/checkpoints"):
         task.build_model()
+
+
+def test_a_stage_reports_unfetchable_weights_in_one_line(tiny_data, monkeypatch, capsys):
+    """The stages print a DownloadError as one line naming the switch and exit 2 (no traceback)."""
+    import argparse
+
+    from pipeline import _stage
+
+    def main(args):
+        raise DownloadError("cls.pretrained: could not load ImageNet weights (offline)")
+
+    monkeypatch.setattr("sys.argv", ["pipeline.train"])
+    with pytest.raises(SystemExit) as exit_info:
+        _stage.run(main, argparse.ArgumentParser())
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip() == "error: cls.pretrained: could not load ImageNet weights (offline)"
 
 
 @pytest.mark.parametrize("task_name", sorted(SWITCHES))

@@ -102,3 +102,14 @@ def set_bn_momentum(model: nn.Module, momentum: float) -> None:
     for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             m.momentum = momentum
+
+
+def imagenet_weights_error(key: str, err: Exception) -> Exception:
+    """What a task raises when torchvision cannot fetch the ImageNet weights ``key`` asks for: a
+    ``DownloadError`` (the stages print it as one line and exit 2) naming the switch and the cache folder."""
+    from src.data.fetch import DownloadError
+
+    cache = Path(torch.hub.get_dir()) / "checkpoints"
+    return DownloadError(f"{key}: could not load ImageNet weights ({err}); set {key}: false, or place torchvision's "
+                         f"weights file in {cache}")
+

@@ -14,7 +14,7 @@ import torchvision
 from torch import nn
 
 from src.config import ClsConfig
-from src.tasks.base import Normalize, frozen_critic
+from src.tasks.base import Normalize, frozen_critic, imagenet_weights_error
 
 _STAGES = ("layer1", "layer2", "layer3", "layer4")
 
@@ -57,10 +57,7 @@ class ClassificationTask:
         try:
             net = torchvision.models.get_model(self.cfg.arch, weights=weights)
         except Exception as err:  # noqa: BLE001 - any download failure gets the same advice
-            raise RuntimeError(
-                f"cls.pretrained: could not load ImageNet weights for {self.cfg.arch} ({err}); "
-                "set cls.pretrained: false or place the weights in the torch hub cache"
-            ) from err
+            raise imagenet_weights_error("cls.pretrained", err) from err
         net.fc = nn.Linear(net.fc.in_features, self.num_classes)  # the 1000-way head is never reused
         return Classifier(net)
 

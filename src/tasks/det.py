@@ -34,7 +34,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from src.config import DetConfig
-from src.tasks.base import IMAGENET_MEAN, IMAGENET_STD, Normalize, frozen_critic, set_bn_momentum
+from src.tasks.base import IMAGENET_MEAN, IMAGENET_STD, Normalize, frozen_critic, imagenet_weights_error, set_bn_momentum
 
 ROI_SIZE = 7  # torchvision's box RoIAlign output
 FROZEN_BEFORE = 7  # with ImageNet weights, features[:7] stay frozen (torchvision's trainable_layers=3)
@@ -72,8 +72,7 @@ def build_detector(cfg: DetConfig, num_classes: int) -> Detector:
     try:
         mnet = torchvision.models.mobilenet_v3_large(weights=weights, norm_layer=FrozenBatchNorm2d if weights else None)
     except Exception as err:  # noqa: BLE001 - any download failure gets the same advice
-        raise RuntimeError(f"det.pretrained_backbone: could not load ImageNet weights ({err}); "
-                           "set det.pretrained_backbone: false or place the weights in the torch hub cache") from err
+        raise imagenet_weights_error("det.pretrained_backbone", err) from err
     features = mnet.features
     set_bn_momentum(features, cfg.bn_momentum)  # FrozenBatchNorm2d (ImageNet weights) has no running update
     if weights is not None:

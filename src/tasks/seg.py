@@ -16,7 +16,7 @@ from PIL import Image, UnidentifiedImageError
 from torch import nn
 
 from src.config import SegConfig
-from src.tasks.base import Normalize, frozen_critic, set_bn_momentum
+from src.tasks.base import Normalize, frozen_critic, imagenet_weights_error, set_bn_momentum
 
 IGNORE = 255
 
@@ -56,8 +56,7 @@ class SegmentationTask:
             net = torchvision.models.get_model(self.cfg.arch, weights=None, weights_backbone=weights_backbone,
                                                num_classes=self.num_classes, **aux)
         except Exception as err:  # noqa: BLE001 - any download failure gets the same advice
-            raise RuntimeError(f"seg.pretrained_backbone: could not load ImageNet weights ({err}); "
-                               "set seg.pretrained_backbone: false") from err
+            raise imagenet_weights_error("seg.pretrained_backbone", err) from err
         set_bn_momentum(net, self.cfg.bn_momentum)
         return Segmenter(net)
 
