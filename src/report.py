@@ -90,12 +90,13 @@ def ordering_check(df: pd.DataFrame, primary: str) -> list[str]:
         if any(math.isnan(x) for x in (ours[a], ours[b], paper[a], paper[b])):
             continue
         total += 1
-        same = (ours[a] > ours[b]) == (paper[a] > paper[b])
+        same = (ours[a] > ours[b]) == (paper[a] > paper[b]) and ours[a] != ours[b]
         agree += same
         if not same:
             rel = ">" if paper[a] > paper[b] else "<"
-            lines.append(f"- differs: the paper has {METHODS[a].label} {rel} {METHODS[b].label}; here "
-                         f"{METHODS[a].label} {ours[a]:.1f} vs {METHODS[b].label} {ours[b]:.1f}")
+            how = f"both {ours[a]:.1f}" if ours[a] == ours[b] else \
+                f"{METHODS[a].label} {ours[a]:.1f} vs {METHODS[b].label} {ours[b]:.1f}"
+            lines.append(f"- differs: the paper has {METHODS[a].label} {rel} {METHODS[b].label}; here {how}")
     if total:
         lines.insert(0, f"- {agree} of {total} pairwise orderings of the paper's methods hold here.")
     if "sr4ir" in ours and "s2t" in ours:

@@ -53,3 +53,11 @@ def test_the_ordering_check_counts_pairs_that_hold():
     assert lines[0] == "- 15 of 15 pairwise orderings of the paper's methods hold here."
     assert "SR4IR − S→T: +3.0 points (paper: +2.7)" in lines[-1]
     assert markdown_table(df, "miou", "x").startswith("Paper columns: x.")
+
+
+def test_a_tie_is_no_reproduced_ordering():
+    params = _profile("seg_voc", 8, "edsr")
+    tied = {m: {"miou": 0.0, **({} if m == "h2t" else {"psnr": 20.0})} for m in OURS}
+    lines = ordering_check(results_table("seg", tied, "miou", params), "miou")
+    assert lines[0] == "- 0 of 15 pairwise orderings of the paper's methods hold here."
+    assert "- differs: the paper has H2T > L2T; here both 0.0" in lines
