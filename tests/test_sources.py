@@ -9,9 +9,7 @@ import hashlib
 import http.server
 import io
 import json
-import tarfile
 import threading
-import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,6 +27,7 @@ from src.data.sources.common import Box, crop_for, resize_crop_boxes, resize_cro
 from src.tasks.cls import ClassificationTask
 from src.tasks.det import DetectionTask
 from src.tasks.seg import SegmentationTask
+from tests.test_fetch import make_tar, make_zip
 
 SIZE = 16
 
@@ -95,19 +94,10 @@ def _voc_files() -> dict[str, bytes]:
 
 
 def _tar(path: Path, files: dict[str, bytes], mode: str = "w") -> Path:
-    with tarfile.open(path, mode) as tf:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tf.addfile(info, io.BytesIO(data))
-    return path
+    return make_tar(path, files, mode)
 
 
-def _zip(path: Path, files: dict[str, bytes]) -> Path:
-    with zipfile.ZipFile(path, "w") as zf:
-        for name, data in files.items():
-            zf.writestr(name, data)
-    return path
+_zip = make_zip
 
 
 def _write(root: Path, files: dict[str, bytes]) -> Path:
