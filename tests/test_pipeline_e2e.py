@@ -68,7 +68,7 @@ def project(tmp_path_factory) -> Path:
     for f in ("dvc.lock",):
         (dest / f).unlink(missing_ok=True)
     _run(["git", "init", "-q"], dest)
-    _dvc("repro", cwd=dest)
+    _run([sys.executable, "-m", "pipeline.warm", sys.executable, "-m", "dvc", "repro"], dest)  # as `make repro`
     return dest
 
 
@@ -235,3 +235,13 @@ def test_bad_params_fail_before_work_naming_the_key(project):
     assert out.returncode == 2
     assert "params.yaml: degrade.scale: Input should be 2, 4 or 8" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+@pytest.mark.slow
+def test_a_stage_started_afresh_writes_the_same_weights_as_the_warm_servers_fork(project):
+    """The fixture's repro ran every stage in a fork of the warm server; plain `dvc repro` starts a new process."""
+    models = sorted((project / "models" / "cls" / "sr4ir").glob("*.pt"))
+    before = {p.name: p.read_bytes() for p in models}
+    out = _dvc("repro", "-f", "-s", "train_from_sr@cls-sr4ir", cwd=project)
+    assert "Running stage 'train_from_sr@cls-sr4ir'" in out
+    assert {p.name: p.read_bytes() for p in models} == before and set(before) == {"sr.pt", "rec.pt"}

@@ -94,4 +94,4 @@ def test_dvc_repro_dry_plans_the_profiles_study(tmp_path):
     assert {"download", "degrade", "pretrain_sr", "report"} <= stages
     assert {f"evaluate@det-{m}" for m in ("h2t", "l2t", "s2t", "t2s", "joint", "sr4ir")} <= stages
     assert not any("cls" in s or "seg" in s for s in stages)  # only the profile's task
-    assert "python -m pipeline.train --task det --method sr4ir" in plan
+    assert "python -m pipeline train --task det --method sr4ir" in plan
