@@ -25,7 +25,7 @@ install: $(STAMP)
 # in `mlflow ui`.
 repro: $(STAMP)
 	@key=$$($(BIN)/python -c 'import uuid; print(uuid.uuid4().hex)'); \
-	export PATH="$(CURDIR)/$(BIN):$$PATH" SR4IR_PIPELINE_RUN=$$key; \
+	export PATH="$(CURDIR)/$(BIN):$$PATH" SR4IR_PIPELINE_RUN=$$key SR4IR_PIPELINE_START=$$(date +%s.%N); \
 	$(BIN)/python -m pipeline.warm $(BIN)/dvc repro && $(BIN)/python -m pipeline.track
 
 test: $(STAMP)

@@ -24,8 +24,11 @@ def main(args: argparse.Namespace) -> None:
     params = load_params()
     with (stage_run(f"evaluate/{args.task}/{args.method}", params, task=args.task, method=args.method) as run,
           bad_sample_policy(params.data.on_bad_sample) as skipped):
+        timings: dict[str, float] = {}
         metrics, samples = evaluate_method(params, args.task, args.method, paths.RAW, paths.LR,
-                                           paths.model_dir(args.task, args.method), n_samples=params.eval.n_samples)
+                                           paths.model_dir(args.task, args.method), n_samples=params.eval.n_samples,
+                                           timings=timings)
+        run.log_metrics({"time/loop_s": timings["loop_s"]})  # the evaluation loop; pipeline.track sums these
         metrics["n_skipped"] = len(skipped.get("val", []))  # data.on_bad_sample: skip
         if "lpips_unavailable" in metrics:
             logging.warning("evaluate %s/%s: LPIPS not computed: %s", args.task, args.method, metrics["lpips_unavailable"])

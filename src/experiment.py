@@ -136,9 +136,10 @@ def train_method(
 
 
 def evaluate_method(params: Params, task_name: str, method_name: str, raw: Path, lr: Path, model_dir: Path,
-                    n_samples: int = 0) -> tuple[dict[str, float], dict]:
+                    n_samples: int = 0, timings: dict[str, float] | None = None) -> tuple[dict[str, float], dict]:
     """Task metric, PSNR and LPIPS of a trained method on the val split (the split the paper reports on), and
-    the first ``n_samples`` val images with predictions (for the report's qualitative figure).
+    the first ``n_samples`` val images with predictions (for the report's qualitative figure). ``timings``,
+    when given, receives ``loop_s``: the seconds of the evaluation loop alone (no data or network set-up).
 
     LPIPS (not for H2T, which sees HR) follows ``eval.lpips``; where it is unavailable the metrics hold no
     ``lpips`` number but ``lpips_unavailable``, the reason (``src.metrics.lpips_network``)."""
@@ -156,7 +157,10 @@ def evaluate_method(params: Params, task_name: str, method_name: str, raw: Path,
     if method.view != "hr":  # H2T sees HR: no LPIPS by definition
         hr_size = tuple(val_ds[0][1].shape[-2:])
         lpips_net, lpips_reason = lpips_network(params.eval.lpips, device, hr_size, params.eval.psnr_crop_border)
+    t0 = time.perf_counter()
     metrics = evaluate(setup, loader, device, params.eval.psnr_crop_border, lpips_net)
+    if timings is not None:
+        timings["loop_s"] = time.perf_counter() - t0
     if lpips_reason is not None:
         metrics["lpips_unavailable"] = lpips_reason
     metrics["n_val"] = len(val_ds)  # no wall time here: it would make `dvc metrics diff` noisy (MLflow has it)

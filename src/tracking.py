@@ -267,6 +267,34 @@ def link_cached_stages(tracker: Tracker, parent: str | None, stage_outputs: Mapp
     return t._guard(_link) or []
 
 
+START_ENV = "SR4IR_PIPELINE_START"  # when the pipeline run began (seconds since the epoch); `make repro` sets it
+
+
+def pipeline_times(tracker: Tracker, parent: str | None, wall_s: float | None = None) -> dict[str, float] | None:
+    """Where the time of pipeline run ``parent`` went, from the stages that ran in it (not those linked as
+    cached): ``stages`` that ran, ``loop_s`` (their training and evaluation loops: the math), ``stage_s`` (inside
+    their MLflow runs: the loops plus reading data, building networks, writing outputs, logging). With the
+    run's ``wall_s`` also ``outside_s`` (process start, imports, MLflow connection, DVC) and ``overhead_pct``
+    (everything but the loops, as a share of the wall time), which are logged to ``parent`` as ``time/*``."""
+    t = tracker
+    if parent is None or not t.enabled:
+        return None
+
+    def _times() -> dict[str, float]:
+        ran = [r for r in t.client.search_runs([t.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent}'",
+                                               max_results=5000) if r.data.tags.get("dvc.cached") != "true"]
+        times = {"stages": float(len(ran)),
+                 "loop_s": sum(r.data.metrics.get("time/loop_s", 0.0) for r in ran),
+                 "stage_s": sum(r.data.metrics.get("time/stage_s", 0.0) for r in ran)}
+        if wall_s is not None:
+            times |= {"wall_s": wall_s, "outside_s": wall_s - times["stage_s"],
+                      "overhead_pct": 100.0 * (wall_s - times["loop_s"]) / wall_s if wall_s > 0 else 0.0}
+            t.log_metrics(parent, {f"time/{k}": v for k, v in times.items()}, step=0)
+        return times
+
+    return t._guard(_times)
+
+
 def stage_run(stage: str, params: Any, *, task: str = "", method: str = "", experiment: str = "sr4ir"):
     """Context manager: a child run named ``stage`` under this `dvc repro`'s parent run."""
     import contextlib

@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from tests.conftest import TINY
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ("h2t", "l2t", "s2t", "t2s", "joint", "sr4ir")
 TASKS = {"cls": "top1", "seg": "miou", "det": "map"}  # every task runs by default
+FIRST_KEY = "e2e-first-repro"
 # Generated state stays behind: only the repository's own files travel to the copy.
 TOP_LEVEL_SKIP = {".venv", ".git", "data", "models", "metrics", "reports", "mlruns", "mlflow.db", "optuna.db", ".pytest_cache"}
 ANYWHERE_SKIP = shutil.ignore_patterns("__pycache__", "*.egg-info")
@@ -68,7 +70,8 @@ def project(tmp_path_factory) -> Path:
     for f in ("dvc.lock",):
         (dest / f).unlink(missing_ok=True)
     _run(["git", "init", "-q"], dest)
-    _run([sys.executable, "-m", "pipeline.warm", sys.executable, "-m", "dvc", "repro"], dest)  # as `make repro`
+    # As `make repro`: stages forked from the warm server, one key for the pipeline run.
+    _run([sys.executable, "-m", "pipeline.warm", sys.executable, "-m", "dvc", "repro"], dest, SR4IR_PIPELINE_RUN=FIRST_KEY)
     return dest
 
 
@@ -170,6 +173,22 @@ def test_second_repro_does_nothing(project):
     assert "up to date" in _dvc("status", cwd=project)
     _, after = _runs(project)
     assert len(after) == len(before)  # nothing ran, nothing logged
+
+
+@pytest.mark.slow
+def test_track_says_where_the_time_of_the_pipeline_run_went(project):
+    start = time.time() - 3600.0  # an hour before now: the wall time only has to cover the stages
+    out = _run([sys.executable, "-m", "pipeline.track"], project, SR4IR_PIPELINE_RUN=FIRST_KEY, SR4IR_PIPELINE_START=str(start))
+    assert re.search(rf"track: {len(STAGE_RUNS)} stages ran; training and evaluation loops .*overhead \(all but the loops\) 9\d\.\d %", out), out
+    client, runs = _runs(project)
+    parent = next(r for r in runs if r.data.tags.get("sr4ir.pipeline_key") == FIRST_KEY)
+    t = {k.removeprefix("time/"): v for k, v in parent.data.metrics.items() if k.startswith("time/")}
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    loops = sum(r.data.metrics.get("time/loop_s", 0.0) for r in children)
+    assert t["stages"] == len(STAGE_RUNS) and t["loop_s"] == pytest.approx(loops) and 0 < t["loop_s"] < t["stage_s"]
+    assert all("time/loop_s" in r.data.metrics for r in children if r.info.run_name.startswith(("train/", "evaluate/")))
+    assert t["wall_s"] >= 3600 and t["outside_s"] == pytest.approx(t["wall_s"] - t["stage_s"])
+    assert t["overhead_pct"] == pytest.approx(100 * (t["wall_s"] - t["loop_s"]) / t["wall_s"])
 
 
 @pytest.mark.slow

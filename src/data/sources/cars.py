@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from src.config import DataConfig
-from src.data.sources.common import Item, SourceData, classification_items, find_or_extract, image_folder
+from src.data.sources.common import Item, SourceData, classification_items, image_folder, locate_by_hand
 
 ARCHIVE = "stanford-car-dataset-by-classes-folder"
 URL = "https://www.kaggle.com/datasets/jutrera/stanford-car-dataset-by-classes-folder"
@@ -23,15 +23,8 @@ REL = "car_data/car_data"
 
 
 def locate(cfg: DataConfig) -> Path:
-    cache = Path(cfg.cache_dir)
-    root = find_or_extract(cache, ARCHIVE, REL, "train")
-    if root is None:
-        raise FileNotFoundError(
-            f"{cache / (ARCHIVE + '.zip')}: Stanford Cars not found. Download it by hand from {URL} (Kaggle's web "
-            f"download is called archive.zip: rename it) and place it at {cache / (ARCHIVE + '.zip')}, or extract it "
-            f"so that {cache / REL}/train and {cache / REL}/test exist"
-        )
-    return root
+    return locate_by_hand(Path(cfg.cache_dir), f"{ARCHIVE}.zip", REL, "train", ["train", "test"], "Stanford Cars",
+                          f"{URL} (Kaggle's web download is called archive.zip: rename it)")
 
 
 def load(cfg: DataConfig) -> SourceData:

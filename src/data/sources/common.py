@@ -216,6 +216,19 @@ def find_or_extract(cache_dir: Path, archive_stem: str, rel: str, check: str) ->
     return None
 
 
+def locate_by_hand(cache_dir: Path, archive: str, rel: str, check: str, expect: list[str], what: str, how: str) -> Path:
+    """``find_or_extract`` for a dataset the user downloads by hand (``archive``, e.g. ``CUB_200_2011.tgz``);
+    when absent, an error saying where to get it (``how``) and where to put it, archived or extracted (so
+    that every ``expect`` exists under ``cache_dir/rel``)."""
+    root = find_or_extract(cache_dir, archive.split(".", 1)[0], rel, check)
+    if root is None:
+        place = cache_dir / archive
+        exist = " and ".join(str(cache_dir / rel / e) for e in expect)
+        raise FileNotFoundError(f"{place}: {what} not found. Download it by hand from {how} and place it at {place}, "
+                                f"or extract it so that {exist} exist{'s' if len(expect) == 1 else ''}")
+    return root
+
+
 def read_table(path: Path, columns: int) -> list[list[str]]:
     """Whitespace-separated rows of exactly ``columns`` fields (the last may hold spaces); blank lines skipped."""
     try:

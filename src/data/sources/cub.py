@@ -17,7 +17,7 @@ from pathlib import Path
 
 from src.config import DataConfig
 from src.data.dataset import DataError
-from src.data.sources.common import Item, SourceData, find_or_extract, read_table
+from src.data.sources.common import Item, SourceData, locate_by_hand, read_table
 
 ARCHIVE = "CUB_200_2011"
 URL = "https://data.caltech.edu/records/65de6-vn318 (CUB_200_2011.tgz)"
@@ -25,14 +25,7 @@ REL = "CUB_200_2011"
 
 
 def locate(cfg: DataConfig) -> Path:
-    cache = Path(cfg.cache_dir)
-    root = find_or_extract(cache, ARCHIVE, REL, "images.txt")
-    if root is None:
-        raise FileNotFoundError(
-            f"{cache / (ARCHIVE + '.tgz')}: CUB-200-2011 not found. Download it by hand from {URL} and place it at "
-            f"{cache / (ARCHIVE + '.tgz')}, or extract it so that {cache / REL}/images.txt exists"
-        )
-    return root
+    return locate_by_hand(Path(cfg.cache_dir), f"{ARCHIVE}.tgz", REL, "images.txt", ["images.txt"], "CUB-200-2011", URL)
 
 
 def _by_id(path: Path, columns: int = 2) -> dict[str, str]:
