@@ -165,16 +165,32 @@ def serve(address: str, parent: int | None = None, modules: tuple[str, ...] = PR
     listener.listen(16)
     os.replace(tmp, address)  # clients connect only once the server is ready
     running: dict[int, socket.socket] = {}
+    # A finished stage wakes the loop at once (SIGCHLD writes to the wake-up pipe), so its launcher gets the
+    # exit code without waiting for a poll.
+    wake_r, wake_w = os.pipe()
+    for fd in (wake_r, wake_w):
+        os.set_blocking(fd, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda _signum, _frame: None)
     selector = selectors.DefaultSelector()
     selector.register(listener, selectors.EVENT_READ)
+    selector.register(wake_r, selectors.EVENT_READ)
     try:
         while not stop and (parent is None or _alive(parent)):
-            for _key, _events in selector.select(timeout=0.05):
+            for key, _events in selector.select(timeout=0.5):
+                if key.fileobj == wake_r:
+                    while True:
+                        try:
+                            if not os.read(wake_r, 4096):
+                                break
+                        except BlockingIOError:
+                            break
+                    continue
                 try:
                     conn, _ = listener.accept()
                 except OSError:
                     continue
-                _start(conn, listener, running, settings)
+                _start(conn, listener, running, settings, (wake_r, wake_w))
             _reap(running)
         while running:  # stopped while stages run: they finish, their launchers get their codes
             _reap(running)
@@ -221,7 +237,7 @@ def import_settings(env) -> dict[str, str]:
 
 
 def _start(conn: socket.socket, listener: socket.socket, running: dict[int, socket.socket],
-           settings: dict[str, str]) -> None:
+           settings: dict[str, str], wake: tuple[int, int]) -> None:
     """Read one request from ``conn`` and fork its stage process (not when ``settings`` differ)."""
     fds: list[int] = []
     try:
@@ -253,6 +269,9 @@ def _start(conn: socket.socket, listener: socket.socket, running: dict[int, sock
         conn.close()
         return
     if pid == 0:  # the stage process
+        signal.set_wakeup_fd(-1)
+        for fd in wake:
+            os.close(fd)
         listener.close()
         conn.close()
         for other in running.values():
@@ -271,7 +290,7 @@ def _start(conn: socket.socket, listener: socket.socket, running: dict[int, sock
 def _child(request: dict, fds: list[int]) -> None:
     code = 1
     try:
-        for sig in (signal.SIGTERM, signal.SIGHUP):
+        for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):
             signal.signal(sig, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
         for target, fd in enumerate(fds):

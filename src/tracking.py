@@ -166,6 +166,18 @@ def dvc_invocation_key() -> str | None:
 
 
 def file_md5(path: Path) -> str:
+    """md5 of a file (DVC's file hash); a file unchanged since it was last hashed here is not read again."""
+    st = path.stat()
+    key = (str(path.resolve()), st.st_ino, st.st_mtime_ns, st.st_size)
+    if key not in _MD5:
+        _MD5[key] = _read_md5(path)
+    return _MD5[key]
+
+
+_MD5: dict[tuple[str, int, int, int], str] = {}
+
+
+def _read_md5(path: Path) -> str:
     import hashlib
 
     h = hashlib.md5()
