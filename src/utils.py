@@ -57,8 +57,15 @@ def write_json_atomic(path: Path | str, data: Any) -> None:
 
 
 def save_torch_atomic(path: Path | str, obj: Any) -> None:
-    with atomic_path(path) as tmp:
+    """``torch.save`` to ``path`` atomically. torch names the archive's inner folder after the file, so the
+    temporary file carries the final name (in a temporary folder beside it): the same tensors give the same
+    bytes on every run, as DVC's hash of the output expects."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent) as folder:
+        tmp = Path(folder) / path.name
         torch.save(obj, tmp)
+        os.replace(tmp, path)
 
 
 def save_npz_atomic(path: Path | str, **arrays: Any) -> None:

@@ -123,3 +123,21 @@ def test_cosine_restart_restarts_at_the_warmup_boundary():
     assert lrs[4] == 1.0  # restart when TDP switches on
     assert math.isclose(lrs[8], 0.5, abs_tol=1e-9)
     assert lrs[12] == 0.0 and lrs[13] == 0.0  # past the end: stays at eta_min instead of crashing
+
+
+def test_saved_weights_are_the_same_bytes_every_time_and_nothing_else_is_left(tmp_path):
+    """DVC hashes model files: the same tensors must give the same file, whatever temporary name was used."""
+    from src.utils import save_torch_atomic
+
+    state = {"w": torch.arange(12.0).reshape(3, 4), "b": torch.ones(3)}
+    out = tmp_path / "sr_pretrained.pt"
+    save_torch_atomic(out, state)
+    first = out.read_bytes()
+    save_torch_atomic(out, state)
+    assert out.read_bytes() == first
+    direct = tmp_path / "direct" / "sr_pretrained.pt"
+    direct.parent.mkdir()
+    torch.save(state, direct)
+    assert direct.read_bytes() == first  # as if torch.save had written the file in place
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["direct", "sr_pretrained.pt"]
+    assert torch.equal(torch.load(out)["w"], state["w"])
