@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import difflib
 import os
@@ -38,6 +39,17 @@ def env(tmp_path, tiny_data, tiny_params):
     args = ["--params", str(path), "--raw", str(raw), "--lr", str(lr), "--sr-init", str(sr_init),
             "--storage", storage, "--out", str(tmp_path / "out"), "--no-mlflow"]
     return argparse.Namespace(args=args, storage=storage, tmp=tmp_path, params=path, raw=raw, lr=lr, sr_init=sr_init)
+
+
+def _heartbeats(storage: str) -> int:
+    """Heartbeats recorded in the study database (Optuna's RDB schema: table trial_heartbeats)."""
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(storage.removeprefix("sqlite:///"))) as db:
+        try:
+            return db.execute("SELECT COUNT(*) FROM trial_heartbeats").fetchone()[0]
+        except sqlite3.OperationalError:  # the table is not created yet
+            return 0
 
 
 def _study(storage: str, name: str = "sr4ir-cls-x4-synthetic") -> optuna.Study:
@@ -183,12 +195,15 @@ def test_a_killed_workers_trial_is_failed_and_retried_on_the_next_start(env):
     proc = subprocess.Popen([*cmd, "--n-trials", "1"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     try:
-        while time.time() < deadline:  # wait until the trial is running, then kill the worker without warning
+        # Wait until the trial is running and has beaten at least once (Optuna judges staleness only by a
+        # recorded heartbeat: a worker killed before its first one leaves a trial nothing can fail), then kill
+        # the worker without warning.
+        while time.time() < deadline:
             try:
                 trials = _study(env.storage).trials
             except KeyError:  # the study is not created yet
                 trials = []
-            if trials and trials[0].state == optuna.trial.TrialState.RUNNING:
+            if trials and trials[0].state == optuna.trial.TrialState.RUNNING and _heartbeats(env.storage):
                 break
             assert proc.poll() is None, "the worker finished before it could be killed"
             time.sleep(0.2)
