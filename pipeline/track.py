@@ -22,7 +22,11 @@ from src.tracking import PIPELINE_ENV, START_ENV, Tracker, link_cached_stages, p
 
 
 def _minutes(seconds: float) -> str:
-    return f"{int(seconds // 60)} min {seconds % 60:.0f} s" if seconds >= 60 else f"{seconds:.1f} s"
+    """``12 min 5 s`` (whole seconds) from a minute on, else ``42.3 s``."""
+    if seconds < 59.95:
+        return f"{seconds:.1f} s"
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes} min {rest} s"
 
 
 def main(args: argparse.Namespace) -> None:
