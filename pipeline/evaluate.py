@@ -24,15 +24,12 @@ def main(args: argparse.Namespace) -> None:
     params = load_params()
     with (stage_run(f"evaluate/{args.task}/{args.method}", params, task=args.task, method=args.method) as run,
           bad_sample_policy(params.data.on_bad_sample) as skipped):
-        timings: dict[str, float] = {}
-        metrics, samples = evaluate_method(params, args.task, args.method, paths.RAW, paths.LR,
-                                           paths.model_dir(args.task, args.method), n_samples=params.eval.n_samples,
-                                           timings=timings)
-        run.log_metrics({"time/loop_s": timings["loop_s"]})  # the evaluation loop; pipeline.track sums these
+        result = evaluate_method(params, args.task, args.method, paths.RAW, paths.LR,
+                                 paths.model_dir(args.task, args.method), n_samples=params.eval.n_samples)
+        metrics, samples = result.metrics, result.samples
         metrics["n_skipped"] = len(skipped.get("val", []))  # data.on_bad_sample: skip
         if "lpips_unavailable" in metrics:
             logging.warning("evaluate %s/%s: LPIPS not computed: %s", args.task, args.method, metrics["lpips_unavailable"])
-        run.log_metrics({"data/skipped_val": metrics["n_skipped"]})
         out = paths.eval_metrics(args.task, args.method)
         write_json_atomic(out, metrics)
         save_npz_atomic(paths.eval_samples(args.task, args.method), **samples)
@@ -43,7 +40,8 @@ def main(args: argparse.Namespace) -> None:
             task = TASKS[args.task](params.task_config(args.task), len(names))
             plot_sample_grid(task, samples, names, METHODS[args.method].label, grid)
             run.log_artifact(grid)
-        run.log_metrics({f"val/{k}": v for k, v in metrics.items()})
+        run.log_metrics({**{f"val/{k}": v for k, v in metrics.items()}, "data/skipped_val": metrics["n_skipped"],
+                         "time/loop_s": result.seconds})  # the evaluation loop: pipeline.track sums these
         run.log_artifact(out)
         run.tag_identity([out])
     logging.info("evaluate %s/%s: %s", args.task, args.method, metrics)

@@ -20,8 +20,8 @@ def main(args: argparse.Namespace) -> None:
         result = pretrain_sr(params, paths.RAW, paths.LR, callbacks=[run.callback], checkpoint=ckpt)
         if not is_main():  # under torchrun rank 0 alone writes the outputs and removes the checkpoint
             return
-        run.log_metrics({f"data/skipped_{split}": len(bad) for split, bad in sorted(skipped.items())})
-        run.log_metrics({"time/loop_s": result.seconds})  # the training loop; pipeline.track sums these
+        run.log_metrics({**{f"data/skipped_{split}": len(bad) for split, bad in sorted(skipped.items())},
+                         "time/loop_s": result.seconds})  # the training loop: pipeline.track sums these
         save_torch_atomic(paths.SR_PRETRAINED, result.states["sr"])
         write_json_atomic(paths.PRETRAIN_HISTORY, {"seconds": result.seconds, "epochs": result.history})
         run.tag_outputs([paths.SR_PRETRAINED])

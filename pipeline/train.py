@@ -48,8 +48,8 @@ def main(args: argparse.Namespace) -> None:
         epochs = [{k: record.get(k, 0.0) for k in keys} for record in result.history]
         n_skipped = {split: len(bad) for split, bad in sorted(skipped.items())}  # data.on_bad_sample: skip
         write_json_atomic(history, {"seconds": result.seconds, "epochs": epochs, "skipped": n_skipped})
-        run.log_metrics({f"data/skipped_{split}": n for split, n in n_skipped.items()})
-        run.log_metrics({"time/loop_s": result.seconds})  # the training loop; pipeline.track sums these
+        run.log_metrics({**{f"data/skipped_{split}": n for split, n in n_skipped.items()},
+                         "time/loop_s": result.seconds})  # the training loop: pipeline.track sums these
         run.tag_outputs(sorted(out.glob("*.pt")))
         run.tag_identity([out])
         run.log_artifact(history)

@@ -268,6 +268,9 @@ class TrainConfig(Strict):
     # Processes per training stage (pretrain_sr, train*): > 1 runs the stage under torchrun, one per GPU
     # (Gloo on a CPU); pretrain_sr.batch_size and batch_size must be divisible by it. See README "Many GPUs".
     nproc: PosInt = 1
+    # SyncBatchNorm in a trained recogniser when nproc > 1: BatchNorm statistics over the global batch (the
+    # official code's segmentation setting). PyTorch runs it on CUDA only; with one process it changes nothing.
+    sync_bn: bool = False
     checkpoint_every_steps: NonNegInt = 0  # resume checkpoints also inside epochs (0: after each epoch only)
     # Share of the val split scored after every epoch for the learning curves (a fixed prefix; the split's
     # order is random). The table's numbers come from the evaluate stage on the whole split.
@@ -384,6 +387,9 @@ class Params(Strict):
         if self.pretrain_sr.batch_size % self.train.nproc:
             raise ValueError(f"pretrain_sr.batch_size ({self.pretrain_sr.batch_size}) must be divisible by train.nproc "
                              f"({self.train.nproc}): each process takes batch_size / nproc samples of every batch")
+        if self.train.sync_bn and self.train.nproc > 1 and self.device == "cpu":
+            raise ValueError("train.sync_bn needs GPUs (PyTorch's SyncBatchNorm runs on CUDA only), but device is cpu: "
+                             "set train.sync_bn: false (each process then normalises with its own share's statistics)")
         if not self.tasks:
             raise ValueError("tasks must name at least one task")
         if len(set(self.tasks)) != len(self.tasks):

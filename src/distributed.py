@@ -8,9 +8,10 @@ function here is a no-op and every collective returns its input, so the one-proc
 Why no ``DistributedDataParallel``: the recogniser plays several roles per SR4IR step (a frozen critic
 with ``requires_grad`` off in phase 1, a trainee on SR, HR and CQMix inputs in phase 2), and the task code
 calls attributes of the bare networks. The official code wraps both networks in DDP and it works only
-because phase 1 fires no hooks of the recogniser (method doc, section 14 item 23). Instead ``average_gradients``
-does DDP's gradient averaging explicitly, once per optimiser update, and ``broadcast_buffers`` does what
-DDP's ``broadcast_buffers=True`` does for the BatchNorm running statistics.
+because phase 1 fires no hooks of the recogniser (method doc, section 14 item 23). Instead ``GradientAverager``
+does DDP's gradient averaging explicitly for each optimiser update, in DDP's buckets and overlapped with the
+backward as DDP's, and ``broadcast_buffers`` does what DDP's ``broadcast_buffers=True`` does for the BatchNorm
+running statistics.
 """
 
 from __future__ import annotations
@@ -120,39 +121,104 @@ def sum_floats(values: Sequence[float]) -> list[float]:
     return t.tolist()
 
 
-def average_gradients(params: Sequence[torch.nn.Parameter], bad: bool = False) -> int:
-    """Average the gradients of ``params`` over ranks in place; return on how many ranks ``bad`` was set.
+# DDP's bucket sizes: a small first bucket, so communication starts early in the backward, then 25 MiB.
+FIRST_BUCKET_BYTES = 1 << 20
+BUCKET_BYTES = 25 << 20
 
-    The same math as DDP's gradient averaging (the sum over ranks divided by the world size), in one
-    coalesced all_reduce after the backward pass: unlike DDP, communication does not overlap the backward.
-    Every rank passes the same parameters in the same order. A parameter without a gradient on some rank
-    counts as zero there (DDP with ``find_unused_parameters``); one without a gradient on every rank keeps
-    ``grad is None``, so the optimiser skips it as it would in one process. ``bad`` (a non-finite loss on
-    this rank) travels in the same all_reduce, so every rank learns it and stops together.
+
+class GradientAverager:
+    """Average the gradients of ``params`` over ranks in place: DDP's math (the sum over ranks divided by the
+    world size), its bucketing, and its overlap of communication with the backward pass.
+
+    Inside ``with averager:`` a hook on every parameter counts the gradients as the backward produces them; a
+    bucket whose gradients are all there is all-reduced asynchronously while the backward goes on. Buckets
+    follow the parameters in reverse order (roughly the order the backward produces them, as DDP's) and are
+    launched strictly in that order, so every rank issues the same collectives in the same order whatever its
+    timing. ``finish(bad)`` launches the buckets still waiting (a parameter without a gradient on this rank
+    counts as zero there, as DDP with ``find_unused_parameters``; one without a gradient on every rank keeps
+    ``grad is None``, so the optimiser skips it as it would in one process), all-reduces the per-parameter
+    "has a gradient" flags together with ``bad`` (a non-finite loss on this rank, so every rank learns it and
+    stops together), waits, writes the means into ``.grad`` and returns on how many ranks ``bad`` was set.
+    Every rank passes the same parameters in the same order. Without ``with`` nothing overlaps: ``finish``
+    sends everything after the backward.
     """
-    if world_size() == 1:
-        return int(bad)
-    ref = params[0]
-    dtype = torch.float32
-    for p in params:
-        dtype = torch.promote_types(dtype, p.dtype)
-    has = [p.grad is not None for p in params]
-    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).to(dtype) for p in params]
-                     + [torch.tensor([*has, bad], dtype=dtype, device=ref.device)])
-    dist.all_reduce(flat)
-    n = sum(p.numel() for p in params)
-    counts = flat[n:].tolist()
-    offset = 0
-    for p, count in zip(params, counts, strict=False):
-        size = p.numel()
-        if count > 0:
-            mean = flat[offset:offset + size].view_as(p).div_(world_size())
-            if p.grad is None:
-                p.grad = mean.to(p.dtype).clone()
-            else:
-                p.grad.copy_(mean)
-        offset += size
-    return int(counts[-1])
+
+    def __init__(self, params: Sequence[torch.nn.Parameter], first_bucket_bytes: int = FIRST_BUCKET_BYTES,
+                 bucket_bytes: int = BUCKET_BYTES):
+        self.params = list(params)
+        self.buckets: list[list[int]] = []
+        bucket: list[int] = []
+        size, cap = 0, first_bucket_bytes
+        for i in reversed(range(len(self.params))):
+            bucket.append(i)
+            size += self.params[i].numel() * self.params[i].element_size()
+            if size >= cap:
+                self.buckets.append(bucket)
+                bucket, size, cap = [], 0, bucket_bytes
+        if bucket:
+            self.buckets.append(bucket)
+        self._bucket_of = {i: k for k, b in enumerate(self.buckets) for i in b}
+        self._waiting = [len(b) for b in self.buckets]
+        self._next = 0  # the next bucket to launch: strictly in order
+        self._sent: list[tuple[int, torch.Tensor, Any]] = []
+        self._hooks: list[Any] = []
+        self.launched_in_backward = 0  # buckets sent while the backward was still running
+
+    def __enter__(self) -> "GradientAverager":
+        for i, p in enumerate(self.params):
+            if p.requires_grad and world_size() > 1:
+                self._hooks.append(p.register_post_accumulate_grad_hook(lambda _p, i=i: self._ready(i)))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks.clear()
+
+    def _ready(self, i: int) -> None:
+        self._waiting[self._bucket_of[i]] -= 1
+        while self._next < len(self.buckets) and self._waiting[self._next] == 0:
+            self._launch()
+            self.launched_in_backward += 1
+
+    def _launch(self) -> None:
+        k, self._next = self._next, self._next + 1
+        group = [self.params[i] for i in self.buckets[k]]
+        dtype = torch.float32
+        for p in group:
+            dtype = torch.promote_types(dtype, p.dtype)
+        flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).to(dtype) for p in group])
+        self._sent.append((k, flat, dist.all_reduce(flat, async_op=True)))
+
+    def finish(self, bad: bool = False) -> int:
+        if world_size() == 1:  # one process: the gradients are the means already
+            return int(bad)
+        while self._next < len(self.buckets):
+            self._launch()
+        flags = torch.tensor([*(p.grad is not None for p in self.params), bad], dtype=torch.float32,
+                             device=self.params[0].device)
+        dist.all_reduce(flags)  # after every bucket on every rank: the same order everywhere
+        counts = flags.tolist()
+        for k, flat, work in self._sent:
+            work.wait()
+            offset = 0
+            for i in self.buckets[k]:
+                p, size = self.params[i], self.params[i].numel()
+                if counts[i] > 0:
+                    mean = flat[offset:offset + size].view_as(p).div_(world_size())
+                    if p.grad is None:
+                        p.grad = mean.to(p.dtype).clone()
+                    else:
+                        p.grad.copy_(mean)
+                offset += size
+        self._sent.clear()
+        return int(counts[-1])
+
+
+def average_gradients(params: Sequence[torch.nn.Parameter], bad: bool = False) -> int:
+    """Average the gradients of ``params`` over ranks in place, after the backward (``GradientAverager``
+    without the overlap); return on how many ranks ``bad`` was set. One process: nothing to average."""
+    return GradientAverager(params).finish(bad)
 
 
 def broadcast_tensors(tensors: Iterable[torch.Tensor]) -> None:
@@ -170,6 +236,20 @@ def broadcast_tensors(tensors: Iterable[torch.Tensor]) -> None:
             for t in group:
                 t.copy_(flat[offset:offset + t.numel()].view_as(t))
                 offset += t.numel()
+
+
+def sync_batchnorm(net: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """``net`` with its BatchNorm layers as SyncBatchNorm (``train.sync_bn``): under torchrun a training batch
+    is normalised with the mean and variance of the global batch, every rank's share together, as the official
+    code does for segmentation. The parameters and buffers are the same tensors and the state-dict keys do not
+    change, so the saved weights load into the plain network. One process: ``net`` unchanged (the same math).
+    PyTorch's SyncBatchNorm runs on CUDA only: any other device is an error naming the key."""
+    if world_size() == 1:
+        return net
+    if device.type != "cuda":
+        raise ValueError(f"train.sync_bn needs GPUs (PyTorch's SyncBatchNorm runs on CUDA only), but this run's device "
+                         f"is {device}: set train.sync_bn: false (each process then normalises with its own share's statistics)")
+    return torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
 
 
 def broadcast_buffers(nets: Iterable[torch.nn.Module | None]) -> None:

@@ -110,20 +110,24 @@ def _update(optimizers: Sequence[torch.optim.Optimizer], loss: torch.Tensor, wha
     offending terms.
 
     Under torchrun the gradients are averaged over the processes before the step: DDP's math (sum over
-    ranks / world size) in one coalesced all_reduce after the backward pass, so unlike DDP communication does
-    not overlap the backward (``distributed.average_gradients``). A non-finite loss on any rank travels in
-    the same all_reduce and stops every rank before any weight changes."""
+    ranks / world size) in DDP's buckets (``distributed.GradientAverager``), on GPUs each all-reduced while
+    the backward pass goes on. A non-finite loss on any rank is all-reduced with them and stops
+    every rank before any weight changes."""
     finite = bool(torch.isfinite(loss))
     world = distributed.world_size()
     if not finite and world == 1:
         raise _non_finite(loss, what, terms)
     for opt in optimizers:
         opt.zero_grad(set_to_none=True)
-    if finite:
+    if world == 1:
         loss.backward()
-    if world > 1:
+    else:
         params = [p for opt in optimizers for group in opt.param_groups for p in group["params"]]
-        n_bad = distributed.average_gradients(params, bad=not finite)
+        averager = distributed.GradientAverager(params)
+        if finite:  # overlapped on GPUs, as DDP; on a CPU Gloo's threads would compete with the backward for the
+            with averager if params[0].is_cuda else contextlib.nullcontext():  # same cores (no faster, measured)
+                loss.backward()
+        n_bad = averager.finish(bad=not finite)
         if not finite:
             raise _non_finite(loss, what, terms)
         if n_bad:
@@ -599,6 +603,8 @@ def build_setup(
         if rec_init is not None:
             load_state(rec, rec_init, "recogniser")
         rec = rec.to(device)
+        if method.trains_rec and params.train.sync_bn:
+            rec = distributed.sync_batchnorm(rec, device)
         if method.trains_rec:
             opt_rec = build_optimizer([p for p in rec.parameters() if p.requires_grad], task_cfg.optim)
         else:

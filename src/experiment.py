@@ -11,6 +11,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -135,11 +136,17 @@ def train_method(
     return TrainResult(states, history, time.perf_counter() - t0)
 
 
+@dataclass
+class EvalResult:
+    metrics: dict[str, Any]  # the val split's task metric, PSNR, LPIPS (or why not), n_val
+    samples: dict[str, np.ndarray]  # the first n_samples val images with predictions; {} when none asked
+    seconds: float  # the evaluation loop alone (no data or network set-up)
+
+
 def evaluate_method(params: Params, task_name: str, method_name: str, raw: Path, lr: Path, model_dir: Path,
-                    n_samples: int = 0, timings: dict[str, float] | None = None) -> tuple[dict[str, float], dict]:
+                    n_samples: int = 0) -> EvalResult:
     """Task metric, PSNR and LPIPS of a trained method on the val split (the split the paper reports on), and
-    the first ``n_samples`` val images with predictions (for the report's qualitative figure). ``timings``,
-    when given, receives ``loop_s``: the seconds of the evaluation loop alone (no data or network set-up).
+    the first ``n_samples`` val images with predictions (for the report's qualitative figure).
 
     LPIPS (not for H2T, which sees HR) follows ``eval.lpips``; where it is unavailable the metrics hold no
     ``lpips`` number but ``lpips_unavailable``, the reason (``src.metrics.lpips_network``)."""
@@ -159,12 +166,11 @@ def evaluate_method(params: Params, task_name: str, method_name: str, raw: Path,
         lpips_net, lpips_reason = lpips_network(params.eval.lpips, device, hr_size, params.eval.psnr_crop_border)
     t0 = time.perf_counter()
     metrics = evaluate(setup, loader, device, params.eval.psnr_crop_border, lpips_net)
-    if timings is not None:
-        timings["loop_s"] = time.perf_counter() - t0
+    seconds = time.perf_counter() - t0
     if lpips_reason is not None:
         metrics["lpips_unavailable"] = lpips_reason
     metrics["n_val"] = len(val_ds)  # no wall time here: it would make `dvc metrics diff` noisy (MLflow has it)
     samples = collect_samples(setup, loader, device, n_samples) if n_samples else {}
     if samples:
         samples["class_names"] = np.array(json.loads((raw / "classes.json").read_text()))
-    return metrics, samples
+    return EvalResult(metrics, samples, seconds)

@@ -329,7 +329,7 @@ def test_train_and_evaluate_stages_count_skipped_samples_in_their_metrics(data, 
 
     import pipeline.evaluate
     import pipeline.train
-    from src.experiment import TrainResult
+    from src.experiment import EvalResult, TrainResult
 
     raw, lr = data
     _truncate(raw / HR)
@@ -353,10 +353,9 @@ def test_train_and_evaluate_stages_count_skipped_samples_in_their_metrics(data, 
         PairedDataset(raw, lr, "val", t)
         return TrainResult({"rec": {}}, [{"loss": 1.0}], 0.0)
 
-    def fake_evaluate(params, task, method, raw, lr, model_dir, n_samples=0, timings=None):
+    def fake_evaluate(params, task, method, raw, lr, model_dir, n_samples=0):
         ds = PairedDataset(raw, lr, "val", build_task(task, params, raw))
-        timings["loop_s"] = 0.0
-        return {"top1": 50.0, "n_val": len(ds)}, {"class_names": np.array(["a"])}
+        return EvalResult({"top1": 50.0, "n_val": len(ds)}, {"class_names": np.array(["a"])}, 0.0)
 
     for module in (pipeline.train, pipeline.evaluate):
         monkeypatch.setattr(module, "stage_run", fake_stage_run)

@@ -57,6 +57,28 @@ if rank == 0:
 report["bad_ranks"] = distributed.average_gradients([a, b], bad=rank == 1)
 report["a_grad"], report["b_grad_is_none"] = a.grad.tolist(), b.grad is None
 
+# Overlap: buckets sent during the backward give, bit for bit, the means of averaging after it; a layer used
+# on rank 0 only (its bucket last) counts as zero on rank 1 and holds back no earlier bucket there.
+torch.manual_seed(0)
+net, unused = torch.nn.Sequential(*[torch.nn.Linear(64, 64) for _ in range(6)]), torch.nn.Linear(64, 64)
+ps = [*unused.parameters(), *net.parameters()]
+x = torch.randn(8, 64, generator=torch.Generator().manual_seed(rank))
+def backward():
+    for p in ps:
+        p.grad = None
+    y = net(x)
+    (unused(y) if rank == 0 else y).square().mean().backward()
+averager = distributed.GradientAverager(ps, first_bucket_bytes=4096, bucket_bytes=20000)
+with averager:
+    backward()
+averager.finish()
+overlapped = [p.grad.clone() for p in ps]
+backward()
+distributed.average_gradients(ps)
+report["overlap"] = {"buckets": len(averager.buckets), "in_backward": averager.launched_in_backward,
+                     "equal": all(torch.equal(a, p.grad) for a, p in zip(overlapped, ps)),
+                     "sums": [p.grad.double().sum().item() for p in ps]}
+
 # A non-finite TDP loss on rank 1 only: both ranks stop at the same step, before any update.
 real = engine.tdp_loss
 engine.tdp_loss = lambda *x, **k: real(*x, **k) * (float("nan") if rank == 1 else 1.0)
@@ -141,6 +163,52 @@ def test_a_batch_that_does_not_split_over_the_processes_is_a_config_error(overri
     assert parse_params({"train": {"nproc": 4}}).train.nproc == 4  # 32 / 4
 
 
+def test_sync_bn_on_a_cpu_with_many_processes_is_a_config_error_naming_the_key():
+    with pytest.raises(ConfigError, match=r"params\.yaml: .*train\.sync_bn needs GPUs .*device is cpu"):
+        parse_params({"device": "cpu", "train": {"nproc": 2, "sync_bn": True}}, "params.yaml")
+    assert parse_params({"device": "cpu", "train": {"sync_bn": True}}).train.sync_bn  # one process: nothing to sync
+    assert parse_params({"device": "auto", "train": {"nproc": 2, "sync_bn": True}}).train.sync_bn  # decided at run time
+
+
+@pytest.mark.parametrize("task", ["cls", "seg", "det"])
+def test_sync_bn_swaps_every_batchnorm_and_keeps_the_weights_and_their_keys(task, tiny_data, monkeypatch):
+    from src import distributed
+    from src.tasks import build_task
+
+    params = parse_params({**TINY, "train": {**TINY["train"], "sync_bn": True}})
+    rec = build_task(task, params, tiny_data[0]).build_model()
+    assert distributed.sync_batchnorm(rec, torch.device("cpu")) is rec  # one process: unchanged, no error
+    bns = [m for m in rec.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bns, f"{task}: the default recogniser has BatchNorm"
+    before, tensors = rec.state_dict(), {id(t) for t in (*rec.parameters(), *rec.buffers())}
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    with pytest.raises(ValueError, match=r"train\.sync_bn needs GPUs .*device is cpu"):
+        distributed.sync_batchnorm(rec, torch.device("cpu"))
+    synced = distributed.sync_batchnorm(rec, torch.device("cuda"))  # only swaps modules: runs without a GPU
+    assert [m for m in synced.modules() if isinstance(m, torch.nn.BatchNorm2d)] == []
+    syncs = [m for m in synced.modules() if isinstance(m, torch.nn.SyncBatchNorm)]
+    assert len(syncs) == len(bns) and [m.momentum for m in syncs] == [m.momentum for m in bns]  # seg/det bn_momentum kept
+    assert {id(t) for t in (*synced.parameters(), *synced.buffers())} == tensors  # the optimiser's tensors, unchanged
+    after = synced.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in after)
+    build_task(task, params, tiny_data[0]).build_model().load_state_dict(after, strict=True)  # what evaluate loads
+
+
+def test_the_training_setup_converts_only_when_asked_and_names_the_key_on_a_cpu(tiny_data, monkeypatch):
+    from src import distributed
+    from src.engine import build_setup
+    from src.methods import METHODS
+    from src.tasks import build_task
+
+    params = parse_params({**TINY, "train": {**TINY["train"], "sync_bn": True}})
+    task = build_task("cls", params, tiny_data[0])
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    with pytest.raises(ValueError, match=r"train\.sync_bn"):
+        build_setup(METHODS["h2t"], params, task)
+    plain = build_setup(METHODS["h2t"], parse_params(TINY), task)  # sync_bn off: plain BatchNorm under torchrun
+    assert not any(isinstance(m, torch.nn.SyncBatchNorm) for m in plain.rec.modules())
+
+
 # ---------------------------------------------------------------------------------------------------
 # The library under torchrun
 
@@ -184,6 +252,16 @@ def test_the_ranks_stay_in_step_and_agree_on_every_record(torchrun):
     strip = lambda h: [{k: v for k, v in rec.items() if not k.startswith("time/")} for rec in h]  # noqa: E731
     assert strip(r0["sr4ir_history"]) == strip(r1["sr4ir_history"])
     assert len(r0["sr4ir_history"]) == 2 and "val/top1" in r0["sr4ir_history"][-1]
+
+
+@pytest.mark.slow
+def test_buckets_are_sent_during_the_backward_and_average_exactly(torchrun):
+    r0, r1 = (r["overlap"] for r in torchrun["ranks"])
+    assert r0["buckets"] == r1["buckets"] >= 4
+    assert r0["in_backward"] == r0["buckets"]  # every bucket left before the backward ended
+    assert 1 <= r1["in_backward"] < r1["buckets"]  # all but the bucket of the layer rank 1 never used
+    assert r0["equal"] and r1["equal"]
+    assert r0["sums"] == r1["sums"]  # the same means on both ranks, the unused layer's included
 
 
 @pytest.mark.slow

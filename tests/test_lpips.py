@@ -184,14 +184,14 @@ def _params(tiny_params, lpips: str):
 def test_evaluate_method_records_lpips_or_why_not(trained_dirs, tiny_data, tiny_params, weights_home, monkeypatch, tmp_path):
     raw, lr = tiny_data
     monkeypatch.setenv("TORCH_HOME", str(weights_home[0]))
-    m, _ = evaluate_method(_params(tiny_params, "auto"), "cls", "l2t", raw, lr, trained_dirs["l2t"])
+    m = evaluate_method(_params(tiny_params, "auto"), "cls", "l2t", raw, lr, trained_dirs["l2t"]).metrics
     assert m["lpips"] > 0 and "lpips_unavailable" not in m
-    m, _ = evaluate_method(_params(tiny_params, "off"), "cls", "l2t", raw, lr, trained_dirs["l2t"])
+    m = evaluate_method(_params(tiny_params, "off"), "cls", "l2t", raw, lr, trained_dirs["l2t"]).metrics
     assert "lpips" not in m and m["lpips_unavailable"] == "eval.lpips: off"
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "nothing"))
-    m, _ = evaluate_method(_params(tiny_params, "auto"), "cls", "l2t", raw, lr, trained_dirs["l2t"])
+    m = evaluate_method(_params(tiny_params, "auto"), "cls", "l2t", raw, lr, trained_dirs["l2t"]).metrics
     assert "lpips" not in m and WEIGHTS_NAME in m["lpips_unavailable"]
-    m, _ = evaluate_method(_params(tiny_params, "auto"), "cls", "h2t", raw, lr, trained_dirs["h2t"])
+    m = evaluate_method(_params(tiny_params, "auto"), "cls", "h2t", raw, lr, trained_dirs["h2t"]).metrics
     assert "lpips" not in m and "lpips_unavailable" not in m  # H2T: none by definition, nothing to explain
 
 
