@@ -38,7 +38,7 @@ stage() {  # stage <seconds> <name> <command...>: run with a time limit, record 
     if [[ $rc -ne 0 ]]; then status=1; fi
 }
 
-stage 75 "pytest -m gpu" "$PY" -m pytest -m gpu -q -p no:cacheprovider --continue-on-collection-errors tests
+stage 90 "pytest -m gpu" "$PY" -m pytest -m gpu -q -p no:cacheprovider --continue-on-collection-errors tests
 stage 60 "bench fp32 (ours vs reference)" "$PY" -m src.bench --device cuda --tasks cls,seg,det --sizes paper,default \
     --steps "$STEPS" --warmup 2 --out "$OUTDIR"
 stage 60 "bench bf16 + channels_last" "$PY" -m src.bench --device cuda --tasks cls,seg,det --sizes paper \

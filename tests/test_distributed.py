@@ -336,3 +336,70 @@ def test_only_rank_0_writes_and_tracks(stages):
     stray = [p for p in two.rglob("*") if p.name.startswith(".") or p.name.endswith(".tmp")]
     assert stray == []  # no atomic-write leftovers from a second writer
     assert [p for p in (two / "checkpoints").rglob("*") if p.is_file()] == []  # removed after the outputs
+
+
+# ---------------------------------------------------------------------------------------------------
+# CUDA: run by scripts/gpu_check.sh (pytest -m gpu). Two ranks share the one GPU through Gloo, which takes
+# CUDA tensors (NCCL needs a GPU per rank): the GPU paths of the library, not NCCL's speed.
+
+GPU_DRIVER = r"""
+import copy, json, sys
+from pathlib import Path
+import torch
+import torch.distributed as dist
+from src import distributed, engine
+
+dist.init_process_group("gloo")
+rank, dev = dist.get_rank(), torch.device("cuda")
+torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+report = {}
+
+# engine._update overlaps on CUDA: one SGD step on each rank's half equals one on the whole batch.
+torch.manual_seed(0)
+net = torch.nn.Sequential(*[torch.nn.Linear(256, 256) for _ in range(6)]).to(dev)
+whole = copy.deepcopy(net)
+x = torch.randn(16, 256, generator=torch.Generator().manual_seed(7)).to(dev)
+half = x[rank * 8:(rank + 1) * 8]
+opt = torch.optim.SGD(net.parameters(), lr=0.5)
+hooked = []
+real = distributed.GradientAverager.__enter__
+def spy(self):
+    hooked.append(self)
+    return real(self)
+distributed.GradientAverager.__enter__ = spy
+engine._update([opt], net(half).square().mean(), "test loss")
+distributed.GradientAverager.__enter__ = real
+whole_opt = torch.optim.SGD(whole.parameters(), lr=0.5)
+whole(x).square().mean().backward()
+whole_opt.step()
+report["overlapped"] = len(hooked) == 1 and hooked[0].launched_in_backward >= 1
+report["step_diff"] = max((a - b).abs().max().item() for a, b in zip(net.parameters(), whole.parameters()))
+
+# SyncBatchNorm: each rank's half normalised with the whole batch's statistics, running stats included.
+torch.manual_seed(1)
+bn = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8)).to(dev)
+images = torch.randn(8, 3, 16, 16, generator=torch.Generator().manual_seed(2)).to(dev)
+ref = copy.deepcopy(bn).train()
+expected = ref(images)[rank * 4:(rank + 1) * 4]
+synced = distributed.sync_batchnorm(copy.deepcopy(bn), dev).train()
+out = synced(images[rank * 4:(rank + 1) * 4])
+out.sum().backward()  # the backward's all_reduce runs too
+report["syncbn"] = isinstance(synced[1], torch.nn.SyncBatchNorm)
+report["syncbn_diff"] = (out - expected).abs().max().item()
+report["running_diff"] = (synced[1].running_var - ref[1].running_var).abs().max().item()
+Path(sys.argv[1], f"gpu{rank}.json").write_text(json.dumps(report))
+"""
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_overlapped_averaging_and_sync_batchnorm_match_one_process(tmp_path):
+    script = tmp_path / "gpu_driver.py"
+    script.write_text(GPU_DRIVER)
+    _ok(subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
+                        str(tmp_path)], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=240))
+    for rank in range(2):
+        r = json.loads((tmp_path / f"gpu{rank}.json").read_text())
+        assert r["overlapped"], "engine._update did not overlap the all-reduce with the backward on CUDA"
+        assert r["step_diff"] < 1e-5, r
+        assert r["syncbn"] and r["syncbn_diff"] < 1e-4 and r["running_diff"] < 1e-5, r
