@@ -121,6 +121,11 @@ def sum_floats(values: Sequence[float]) -> list[float]:
     return t.tolist()
 
 
+# Whether ``GradientAverager`` overlaps the all-reduce with the backward: None decides by device (on CUDA, as
+# DDP; not on a CPU, where Gloo's threads share the cores with the backward and it measured no faster,
+# ``python -m src.bench_dist``). The benchmark sets it to time both.
+OVERLAP: bool | None = None
+
 # DDP's bucket sizes: a small first bucket, so communication starts early in the backward, then 25 MiB.
 FIRST_BUCKET_BYTES = 1 << 20
 BUCKET_BYTES = 25 << 20
@@ -139,13 +144,16 @@ class GradientAverager:
     ``grad is None``, so the optimiser skips it as it would in one process), all-reduces the per-parameter
     "has a gradient" flags together with ``bad`` (a non-finite loss on this rank, so every rank learns it and
     stops together), waits, writes the means into ``.grad`` and returns on how many ranks ``bad`` was set.
-    Every rank passes the same parameters in the same order. Without ``with`` nothing overlaps: ``finish``
-    sends everything after the backward.
+    Every rank passes the same parameters in the same order. ``overlap`` (default: ``OVERLAP``, else on CUDA
+    only) false, or no ``with``: nothing overlaps, ``finish`` sends every bucket after the backward.
     """
 
-    def __init__(self, params: Sequence[torch.nn.Parameter], first_bucket_bytes: int = FIRST_BUCKET_BYTES,
-                 bucket_bytes: int = BUCKET_BYTES):
+    def __init__(self, params: Sequence[torch.nn.Parameter], overlap: bool | None = None,
+                 first_bucket_bytes: int = FIRST_BUCKET_BYTES, bucket_bytes: int = BUCKET_BYTES):
         self.params = list(params)
+        if overlap is None:
+            overlap = OVERLAP if OVERLAP is not None else bool(self.params) and self.params[0].is_cuda
+        self.overlap = overlap and world_size() > 1
         self.buckets: list[list[int]] = []
         bucket: list[int] = []
         size, cap = 0, first_bucket_bytes
@@ -166,7 +174,7 @@ class GradientAverager:
 
     def __enter__(self) -> "GradientAverager":
         for i, p in enumerate(self.params):
-            if p.requires_grad and world_size() > 1:
+            if p.requires_grad and self.overlap:
                 self._hooks.append(p.register_post_accumulate_grad_hook(lambda _p, i=i: self._ready(i)))
         return self
 

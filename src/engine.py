@@ -124,8 +124,8 @@ def _update(optimizers: Sequence[torch.optim.Optimizer], loss: torch.Tensor, wha
     else:
         params = [p for opt in optimizers for group in opt.param_groups for p in group["params"]]
         averager = distributed.GradientAverager(params)
-        if finite:  # overlapped on GPUs, as DDP; on a CPU Gloo's threads would compete with the backward for the
-            with averager if params[0].is_cuda else contextlib.nullcontext():  # same cores (no faster, measured)
+        if finite:
+            with averager:  # on GPUs the buckets are all-reduced while the backward goes on
                 loss.backward()
         n_bad = averager.finish(bad=not finite)
         if not finite:

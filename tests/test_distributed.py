@@ -68,7 +68,7 @@ def backward():
         p.grad = None
     y = net(x)
     (unused(y) if rank == 0 else y).square().mean().backward()
-averager = distributed.GradientAverager(ps, first_bucket_bytes=4096, bucket_bytes=20000)
+averager = distributed.GradientAverager(ps, overlap=True, first_bucket_bytes=4096, bucket_bytes=20000)
 with averager:
     backward()
 averager.finish()
