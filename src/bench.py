@@ -43,6 +43,7 @@ from src.engine import Setup, alternate_step, build_setup, prepare_for_speed
 from src.methods import METHODS
 from src.reference import reference_alternate_step
 from src.tasks import TASKS
+from src.tasks.base import Task
 from src.utils import to_device, write_json_atomic, write_text_atomic
 
 TASK_NAMES = ("cls", "seg", "det")
@@ -240,14 +241,21 @@ def measure(variants: dict[str, tuple[Setup, Step]], eager_copies: dict[str, Set
     return out
 
 
-def bench_one(task_name: str, size: str, device: torch.device, args: argparse.Namespace) -> dict[str, Any]:
+def bench_problem(task_name: str, size: str, device: torch.device, hr: int | None = None,
+                  batch: int | None = None) -> tuple[Params, Task, int, int, int]:
+    """What a benchmark of (task, size) runs: its params, the task, its number of classes, the HR side and the
+    batch (``hr``/``batch`` override them; the side is cut to whole LR pixels and whole CQMix cells)."""
     params = bench_params(task_name, size)
     num_classes = PAPER_CLASSES[task_name] if size == "paper" else DEFAULT_CLASSES
     hr_size, bsz = shape_for(task_name, size, params, device)
-    hr_size, bsz = args.hr or hr_size, args.batch or bsz
+    hr_size, bsz = hr or hr_size, batch or bsz
+    hr_size -= hr_size % (params.degrade.scale * 8)
+    return params, TASKS[task_name](params.task_config(task_name), num_classes), num_classes, hr_size, bsz
+
+
+def bench_one(task_name: str, size: str, device: torch.device, args: argparse.Namespace) -> dict[str, Any]:
+    params, task, num_classes, hr_size, bsz = bench_problem(task_name, size, device, args.hr, args.batch)
     scale = params.degrade.scale
-    hr_size -= hr_size % (scale * 8)  # whole LR pixels and whole CQMix cells
-    task = TASKS[task_name](params.task_config(task_name), num_classes)
     torch.manual_seed(0)
     base = build_setup(METHODS["sr4ir"], params, task, device=device, mix_seed=0)
     batch = to_device(synthetic_batch(task_name, hr_size, bsz, scale, num_classes), device)

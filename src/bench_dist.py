@@ -34,11 +34,9 @@ from typing import Any
 import torch
 
 from src import distributed
-from src.bench import (DEFAULT_CLASSES, PAPER_CLASSES, SIZES, TASK_NAMES, _csv, _sync, bench_params, machine,
-                       shape_for, synthetic_batch)
+from src.bench import SIZES, TASK_NAMES, _csv, _sync, bench_problem, machine, synthetic_batch
 from src.engine import alternate_step, build_setup
 from src.methods import METHODS
-from src.tasks import TASKS
 from src.utils import to_device, write_json_atomic, write_text_atomic
 
 MODES = ("overlap", "after", "local")
@@ -58,16 +56,11 @@ def mode(name: str):
 
 
 def bench_one(task_name: str, size: str, device: torch.device, args: argparse.Namespace) -> dict[str, Any]:
-    params = bench_params(task_name, size)
-    num_classes = PAPER_CLASSES[task_name] if size == "paper" else DEFAULT_CLASSES
-    hr_size, batch = shape_for(task_name, size, params, device)
-    hr_size, batch = args.hr or hr_size, args.batch or batch
+    params, task, num_classes, hr_size, batch = bench_problem(task_name, size, device, args.hr, args.batch)
     world, rank = distributed.world_size(), distributed.rank()
     if batch % world:
         raise SystemExit(f"--batch {batch} does not split over {world} processes")
     scale = params.degrade.scale
-    hr_size -= hr_size % (scale * 8)  # whole LR pixels and whole CQMix cells
-    task = TASKS[task_name](params.task_config(task_name), num_classes)
     torch.manual_seed(0)
     base = build_setup(METHODS["sr4ir"], params, task, device=device, mix_seed=rank)
     distributed.broadcast_state([base.sr, base.rec])
