@@ -2,7 +2,8 @@
 # GPU check, about 4 minutes on one H100/H200, compile time included (each stage is capped: at most ~5
 # minutes): the CUDA tests (pytest -m gpu), then the SR4IR step benchmark (python -m src.bench) on CUDA: ours
 # vs the official-style reference loop in fp32, then ours with bf16 autocast + channels_last, and with
-# torch.compile on top (cls paper size only: compiling costs about a minute per network and input shape).
+# torch.compile on top (cls paper size only: compiling costs about a minute per network and input shape); on a
+# machine with 2 or more GPUs also python -m src.bench_dist (NCCL, one process per GPU; up to 2.5 more minutes).
 # A stage that fails or runs out of time is reported and the script goes on; the exit status says whether all passed.
 # Results: reports/bench/cuda_*.json and cuda_table*.md, copied to "$OUT" when that is set.
 #
@@ -45,15 +46,20 @@ stage 60 "bench bf16 + channels_last" "$PY" -m src.bench --device cuda --tasks c
     --steps "$STEPS" --warmup 2 --amp bf16 --channels-last --out "$OUTDIR"
 stage 90 "bench bf16 + channels_last + compile (cls paper)" "$PY" -m src.bench --device cuda --tasks cls --sizes paper \
     --steps "$STEPS" --warmup 3 --amp bf16 --channels-last --compile --out "$OUTDIR"
+GPUS=$("$PY" -c 'import torch; print(torch.cuda.device_count())')
+if [[ "$GPUS" -ge 2 ]]; then  # one NCCL process per GPU: the all-reduce overlapped with the backward, or not
+    stage 150 "bench_dist on $GPUS GPUs (NCCL)" "$PY" -m src.bench_dist --device cuda --nproc "$GPUS" \
+        --tasks cls,seg,det --sizes paper --steps "$STEPS" --warmup 2 --out "$OUTDIR"
+fi
 
 echo
 echo "== tables"
-for f in "$OUTDIR"/cuda_table*.md; do
+for f in "$OUTDIR"/cuda_table*.md "$OUTDIR"/cuda_dist*_table.md; do
     [[ -e "$f" ]] && { cat "$f"; echo; }
 done
 if [[ -n "${OUT:-}" ]]; then  # the GPU machine returns at most 8 files from $OUT: the tables, and the JSONs in one archive
     mkdir -p "$OUT/bench"
-    cp "$OUTDIR"/cuda_table*.md "$OUT/bench/" 2>/dev/null || true
+    cp "$OUTDIR"/cuda_table*.md "$OUTDIR"/cuda_dist*_table.md "$OUT/bench/" 2>/dev/null || true
     tar -czf "$OUT/bench/cuda_json.tar.gz" -C "$OUTDIR" $(cd "$OUTDIR" && ls cuda_*.json 2>/dev/null) 2>/dev/null || true
 fi
 exit $status
