@@ -4,6 +4,8 @@ from pathlib import Path
 
 RAW = Path("data/raw")
 LR = Path("data/lr")
+# What the stages after degrade depend on in place of RAW and LR (src/data/manifest.py says why).
+MANIFEST = Path("data/manifest.json")
 SR_PRETRAINED = Path("models/sr_pretrained.pt")
 PRETRAIN_HISTORY = Path("metrics/train/sr_pretrain.json")
 REPORTS = Path("reports")

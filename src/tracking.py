@@ -17,6 +17,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from src.utils import file_md5, outputs_digest
+
 log = logging.getLogger(__name__)
 
 
@@ -163,41 +165,6 @@ def dvc_invocation_key() -> str | None:
             return None
         pid = ppid
     return None
-
-
-def file_md5(path: Path) -> str:
-    """md5 of a file (DVC's file hash); a file unchanged since it was last hashed here is not read again."""
-    st = path.stat()
-    key = (str(path.resolve()), st.st_ino, st.st_mtime_ns, st.st_size)
-    if key not in _MD5:
-        _MD5[key] = _read_md5(path)
-    return _MD5[key]
-
-
-_MD5: dict[tuple[str, int, int, int], str] = {}
-
-
-def _read_md5(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.md5()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def outputs_digest(paths: list[Path]) -> str:
-    """md5 over the files under ``paths`` (names and contents): identifies the run that produced them."""
-    import hashlib
-
-    h = hashlib.md5()
-    for root in paths:
-        files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
-        for f in files:
-            h.update(str(f).encode())
-            h.update(file_md5(f).encode() if f.exists() else b"missing")
-    return h.hexdigest()
 
 
 class StageRun:

@@ -264,3 +264,19 @@ def test_a_stage_started_afresh_writes_the_same_weights_as_the_warm_servers_fork
     out = _dvc("repro", "-f", "-s", "train_from_sr@cls-sr4ir", cwd=project)
     assert "Running stage 'train_from_sr@cls-sr4ir'" in out
     assert {p.name: p.read_bytes() for p in models} == before and set(before) == {"sr.pt", "rec.pt"}
+
+
+@pytest.mark.slow
+def test_degrade_rewriting_the_same_images_leaves_every_later_stage_cached(project):
+    """The stages after degrade depend on data/manifest.json: rewritten with the same bytes, nothing re-runs."""
+    manifest = project / "data" / "manifest.json"
+    before = manifest.read_bytes()
+    summary = json.loads(before)
+    assert {k: summary[k]["files"] for k in ("raw", "lr")} == {
+        "raw": sum(1 for p in (project / "data/raw").rglob("*") if p.is_file()),
+        "lr": sum(1 for p in (project / "data/lr").rglob("*") if p.is_file())}
+    status = _dvc("status", cwd=project)  # earlier tests may have left the report behind, nothing else
+    out = _dvc("repro", "-f", "-s", "degrade", cwd=project)
+    assert "Running stage 'degrade'" in out
+    assert manifest.read_bytes() == before
+    assert _dvc("status", cwd=project) == status and "degrade" not in status
