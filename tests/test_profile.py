@@ -89,6 +89,7 @@ def test_dvc_repro_dry_plans_the_profiles_study(tmp_path):
               *(f"models/det/{m}" for m in ("h2t", "l2t", "s2t", "t2s", "joint", "sr4ir"))):
         (dest / d).mkdir(parents=True, exist_ok=True)
     (dest / "models/sr_pretrained.pt").write_bytes(b"")
+    (dest / "data/manifest.json").write_text("{}\n")
     plan = _dvc("repro", "--dry", cwd=dest)
     stages = set(__import__("re").findall(r"Running stage '([^']+)'", plan))
     assert {"download", "degrade", "pretrain_sr", "report"} <= stages
