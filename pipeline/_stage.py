@@ -19,10 +19,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from src import distributed as dist
-from src.checkpoint import Interrupted
-from src.config import ConfigError, load_params
-from src.data.dataset import DataError
-from src.data.fetch import DownloadError
+from src.config import load_params
+from src.errors import ConfigError, DataError, DownloadError, Interrupted
 
 EXIT_DIR = "SR4IR_EXIT_DIR"  # where torchrun's processes leave their exit codes for the launching process
 

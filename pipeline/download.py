@@ -10,8 +10,9 @@ import logging
 
 from pipeline import _stage, paths
 from src.config import load_params
-from src.data.dataset import DataError
-from src.data.fetch import ArchiveError, DownloadError
+from src.errors import DataError
+from src.data.archive import ArchiveError
+from src.data.fetch import DownloadError
 from src.data.prepare import prepare_dataset
 from src.tracking import stage_run
 

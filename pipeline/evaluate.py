@@ -6,15 +6,11 @@ placing it, re-run these stages alone, then the report: ``dvc repro -s -f --glob
 
 import argparse
 import logging
-import tempfile
-from pathlib import Path
 
 from pipeline import _stage, paths
 from src.config import load_params
-from src.data.dataset import bad_sample_policy
 from src.experiment import evaluate_method
-from src.methods import METHODS, TABLE_METHODS
-from src.report import plot_sample_grid
+from src.methods import TABLE_METHODS
 from src.tasks import TASKS
 from src.tracking import stage_run
 from src.utils import save_npz_atomic, write_json_atomic
@@ -22,24 +18,16 @@ from src.utils import save_npz_atomic, write_json_atomic
 
 def main(args: argparse.Namespace) -> None:
     params = load_params()
-    with (stage_run(f"evaluate/{args.task}/{args.method}", params, task=args.task, method=args.method) as run,
-          bad_sample_policy(params.data.on_bad_sample) as skipped):
+    with stage_run(f"evaluate/{args.task}/{args.method}", params, task=args.task, method=args.method) as run:
         result = evaluate_method(params, args.task, args.method, paths.RAW, paths.LR,
                                  paths.model_dir(args.task, args.method), n_samples=params.eval.n_samples)
         metrics, samples = result.metrics, result.samples
-        metrics["n_skipped"] = len(skipped.get("val", []))  # data.on_bad_sample: skip
+        metrics["n_skipped"] = len(result.skipped.get("val", []))  # data.on_bad_sample: skip
         if "lpips_unavailable" in metrics:
             logging.warning("evaluate %s/%s: LPIPS not computed: %s", args.task, args.method, metrics["lpips_unavailable"])
         out = paths.eval_metrics(args.task, args.method)
         write_json_atomic(out, metrics)
         save_npz_atomic(paths.eval_samples(args.task, args.method), **samples)
-        # A picture of what this method sees and predicts, for the MLflow run (not a DVC output).
-        with tempfile.TemporaryDirectory() as d:
-            grid = Path(d) / f"samples_{args.task}_{args.method}.png"
-            names = [str(n) for n in samples["class_names"]]
-            task = TASKS[args.task](params.task_config(args.task), len(names))
-            plot_sample_grid(task, samples, names, METHODS[args.method].label, grid)
-            run.log_artifact(grid)
         run.log_metrics({**{f"val/{k}": v for k, v in metrics.items()}, "data/skipped_val": metrics["n_skipped"],
                          "time/loop_s": result.seconds})  # the evaluation loop: pipeline.track sums these
         run.log_artifact(out)

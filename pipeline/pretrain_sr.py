@@ -6,7 +6,6 @@ import logging
 from pipeline import _stage, paths
 from src.checkpoint import Checkpointing, discard
 from src.config import load_params
-from src.data.dataset import bad_sample_policy
 from src.distributed import is_main
 from src.experiment import pretrain_sr
 from src.tracking import stage_run
@@ -15,12 +14,12 @@ from src.utils import save_torch_atomic, write_json_atomic
 
 def main(args: argparse.Namespace) -> None:
     params = load_params()
-    with stage_run("pretrain_sr", params, method="sr_pretrain") as run, bad_sample_policy(params.data.on_bad_sample) as skipped:
+    with stage_run("pretrain_sr", params, method="sr_pretrain") as run:
         ckpt = Checkpointing(paths.CHECKPOINTS / "sr_pretrain.pt", params.digest(), params.train.checkpoint_every_steps)
         result = pretrain_sr(params, paths.RAW, paths.LR, callbacks=[run.callback], checkpoint=ckpt)
         if not is_main():  # under torchrun rank 0 alone writes the outputs and removes the checkpoint
             return
-        run.log_metrics({**{f"data/skipped_{split}": len(bad) for split, bad in sorted(skipped.items())},
+        run.log_metrics({**{f"data/skipped_{split}": len(bad) for split, bad in sorted(result.skipped.items())},
                          "time/loop_s": result.seconds})  # the training loop: pipeline.track sums these
         save_torch_atomic(paths.SR_PRETRAINED, result.states["sr"])
         write_json_atomic(paths.PRETRAIN_HISTORY, {"seconds": result.seconds, "epochs": result.history})

@@ -11,7 +11,7 @@ from pipeline import _stage, paths
 from src.config import load_params
 from src.methods import TABLE_METHODS
 from src.report import ordering_check, plot_qualitative, plot_results, render_html, render_markdown, results_table
-from src.tasks import TASKS
+from src.tasks import TASKS, build_task
 from src.tracking import stage_run
 from src.utils import atomic_path, read_json, write_text_atomic
 
@@ -22,6 +22,8 @@ def main(args: argparse.Namespace) -> None:
         _report(params)
         for f in ("report.md", "report.html", "results.csv"):
             run.log_artifact(paths.REPORTS / f)
+        for figure in sorted((paths.REPORTS / "figures").glob("*.png")):  # results and each method's samples, per task
+            run.log_artifact(figure, "figures")
         run.tag_identity([paths.REPORTS / "report.md"])
         linked = run.link_cached(paths.stage_outputs(params.tasks, TABLE_METHODS))
         if linked:
@@ -45,8 +47,9 @@ def _report(params) -> None:
             plot_results(df, histories, primary, tmp)
         samples = {m: dict(np.load(paths.eval_samples(task, m))) for m in TABLE_METHODS}
         with atomic_path(paths.REPORTS / figures["qualitative"]) as tmp:
+            # The class count the samples were saved with (data/raw is no dep of this stage: do not read it).
             n_classes = len(samples["h2t"]["class_names"])
-            plot_qualitative(TASKS[task](params.task_config(task), n_classes), samples, tmp)
+            plot_qualitative(build_task(task, params, num_classes=n_classes), samples, tmp)
         sections.append((task, df, ordering_check(df, primary), figures))
         frames.append(df)
     # The CSV keeps the numbers; why LPIPS is missing (lpips_note) is a footnote of the report's tables.

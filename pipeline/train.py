@@ -8,7 +8,6 @@ import torch
 from pipeline import _stage, paths
 from src.checkpoint import Checkpointing, discard
 from src.config import load_params
-from src.data.dataset import bad_sample_policy
 from src.distributed import is_main
 from src.experiment import train_method
 from src.methods import METHODS, TABLE_METHODS
@@ -21,8 +20,7 @@ def main(args: argparse.Namespace) -> None:
     params = load_params()
     method = METHODS[args.method]
     out = paths.model_dir(args.task, args.method)
-    with (stage_run(f"train/{args.task}/{args.method}", params, task=args.task, method=args.method) as run,
-          bad_sample_policy(params.data.on_bad_sample) as skipped):
+    with stage_run(f"train/{args.task}/{args.method}", params, task=args.task, method=args.method) as run:
         # Resumes from checkpoints/<task>/<method>.pt when a killed run of the same params left one.
         ckpt = Checkpointing(paths.checkpoint(args.task, args.method), params.digest(), params.train.checkpoint_every_steps)
         result = train_method(
@@ -31,7 +29,7 @@ def main(args: argparse.Namespace) -> None:
             args.method,
             paths.RAW,
             paths.LR,
-            sr_init=paths.SR_PRETRAINED if method.sr_from_pretrained else None,
+            sr_init=paths.SR_PRETRAINED if method.reads_pretrained_sr else None,
             rec_init=paths.model_dir(args.task, method.rec_from) / "rec.pt" if method.rec_from else None,
             callbacks=[run.callback],
             checkpoint=ckpt,
@@ -46,7 +44,7 @@ def main(args: argparse.Namespace) -> None:
         # DVC plots need the same fields in every record: a term not yet computed (TDP in the warm-up) is 0.
         keys = sorted({k for record in result.history for k in record})
         epochs = [{k: record.get(k, 0.0) for k in keys} for record in result.history]
-        n_skipped = {split: len(bad) for split, bad in sorted(skipped.items())}  # data.on_bad_sample: skip
+        n_skipped = {split: len(bad) for split, bad in sorted(result.skipped.items())}  # data.on_bad_sample: skip
         write_json_atomic(history, {"seconds": result.seconds, "epochs": epochs, "skipped": n_skipped})
         run.log_metrics({**{f"data/skipped_{split}": n for split, n in n_skipped.items()},
                          "time/loop_s": result.seconds})  # the training loop: pipeline.track sums these

@@ -1,4 +1,4 @@
-"""Benchmark of one SR4IR alternate-training step: ours (``src.engine.alternate_step``) against the official
+"""Benchmark of one SR4IR alternate-training step: ours (``src.steps.alternate_step``) against the official
 loop's way of running it (``src.reference.reference_alternate_step``), per task and network size.
 
     python -m src.bench                                  # cls, seg, det; paper and default sizes; auto device
@@ -39,10 +39,11 @@ import torch.nn.functional as F
 
 from src.config import Params, SRConfig
 from src.data.dataset import Batch
-from src.engine import Setup, alternate_step, build_setup, prepare_for_speed
+from src.steps import Setup, alternate_step
+from src.experiment import build_setup, prepare_for_speed
 from src.methods import METHODS
 from src.reference import reference_alternate_step
-from src.tasks import TASKS
+from src.tasks import build_task
 from src.tasks.base import Task
 from src.utils import to_device, write_json_atomic, write_text_atomic
 
@@ -250,7 +251,7 @@ def bench_problem(task_name: str, size: str, device: torch.device, hr: int | Non
     hr_size, bsz = shape_for(task_name, size, params, device)
     hr_size, bsz = hr or hr_size, batch or bsz
     hr_size -= hr_size % (params.degrade.scale * 8)
-    return params, TASKS[task_name](params.task_config(task_name), num_classes), num_classes, hr_size, bsz
+    return params, build_task(task_name, params, num_classes=num_classes), num_classes, hr_size, bsz
 
 
 def bench_one(task_name: str, size: str, device: torch.device, args: argparse.Namespace) -> dict[str, Any]:
@@ -266,10 +267,10 @@ def bench_one(task_name: str, size: str, device: torch.device, args: argparse.Na
     ours.tdp_batched, ours.amp_dtype, ours.channels_last, ours.compile = tdp_batched, amp, args.channels_last, args.compile
     # The approximations (off: the paper's math, as the reference runs it).
     approx = {"recompute_sr_phase2": not args.reuse_sr, "phase2_batched": args.phase2_batched}
-    ours.loss_cfg = ours.loss_cfg.model_copy(update=approx)
+    ours.loss = ours.loss.model_copy(update=approx)
     eager_ours = copy.deepcopy(base)
     eager_ours.tdp_batched = tdp_batched
-    eager_ours.loss_cfg = ours.loss_cfg
+    eager_ours.loss = ours.loss
     prepare_for_speed(ours)
     variants = {"ours": (ours, alternate_step), "reference": (ref, reference_alternate_step)}
     res = measure(variants, {"ours": eager_ours, "reference": copy.deepcopy(base)}, batch, device, args.steps, args.warmup)

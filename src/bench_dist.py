@@ -6,7 +6,7 @@
 Started plainly, it starts itself again under ``torchrun --standalone --nproc_per_node N`` (Gloo on a CPU,
 each process a share of the cores; NCCL with one GPU per process). Every process builds the same SR4IR
 set-up (``src.bench``'s networks and synthetic batch: the global batch, each process takes its share) and
-times ``src.engine.alternate_step``, which averages the gradients of each update over the processes
+times ``src.steps.alternate_step``, which averages the gradients of each update over the processes
 (``src.distributed.GradientAverager``), in three ways, interleaved so that drift hits all alike:
 
 * ``overlap``: each bucket all-reduced while the backward goes on (what training does on CUDA);
@@ -35,7 +35,8 @@ import torch
 
 from src import distributed
 from src.bench import SIZES, TASK_NAMES, _csv, _sync, bench_problem, machine, synthetic_batch
-from src.engine import alternate_step, build_setup
+from src.steps import alternate_step
+from src.experiment import build_setup
 from src.methods import METHODS
 from src.utils import to_device, write_json_atomic, write_text_atomic
 

@@ -17,17 +17,20 @@ import logging
 import random
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from src import distributed
 from src.utils import save_torch_atomic
+
+if TYPE_CHECKING:
+    from src.steps import Setup
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +43,6 @@ class Checkpointing:
     digest: str
     every_steps: int = 0  # also save every N optimiser steps inside an epoch (0: at epoch ends only)
     stop_requested: bool = field(default=False, init=False)  # set by SIGTERM: save at the next step and stop
-
-
-class Interrupted(RuntimeError):
-    """Training stopped on request (SIGTERM) after saving a checkpoint; re-running resumes it."""
 
 
 def rng_state() -> dict[str, Any]:
@@ -136,3 +135,49 @@ def stop_on_sigterm(ckpt: Checkpointing | None) -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The training state of a run: what ``fit`` saves and restores.
+
+
+def training_state(s: "Setup", schedulers: Sequence[Any], epoch: int, step: int, sums: dict[str, float], n: int,
+                   history: list[dict[str, float]]) -> dict[str, Any]:
+    """Everything needed to continue ``s`` at ``step`` of ``epoch``. Under torchrun every rank calls this at
+    the same step (a collective): rank 0's file then holds every rank's random streams."""
+    mix = s.mix_generator.get_state() if s.mix_generator is not None else None
+    streams = distributed.all_gather_object({"rng": rng_state(), "mix_rng": mix}) if distributed.world_size() > 1 else None
+    return {
+        **({"rng_ranks": streams} if streams is not None else {}),
+        "epoch": epoch, "step": step, "sums": dict(sums), "n": n, "history": history,
+        "sr": _state_of(s.sr), "rec": _state_of(s.rec), "opt_sr": _state_of(s.opt_sr), "opt_rec": _state_of(s.opt_rec),
+        "schedulers": [sched.state_dict() for sched in schedulers],
+        "rng": rng_state(), "mix_rng": mix,
+    }
+
+
+def _state_of(obj: Any) -> dict[str, Any] | None:
+    return None if obj is None else obj.state_dict()
+
+
+def restore(s: "Setup", schedulers: Sequence[Any], state: Mapping[str, Any]) -> None:
+    """Networks, optimisers and schedulers as ``state`` saved them."""
+    for obj, key in ((s.sr, "sr"), (s.rec, "rec"), (s.opt_sr, "opt_sr"), (s.opt_rec, "opt_rec")):
+        if obj is not None:
+            obj.load_state_dict(state[key])
+    for sched, sched_state in zip(schedulers, state["schedulers"], strict=True):
+        sched.load_state_dict(sched_state)
+
+
+def resume_batches(loader: Any, skip: int, state: Mapping[str, Any], s: "Setup") -> Iterator[Any]:
+    """The epoch's batches after the first ``skip`` (the sampler already gives this epoch's order), with every
+    random stream set as it was when the checkpoint was written."""
+    it = iter(loader)
+    for _ in range(skip):
+        next(it)
+    ranks = state.get("rng_ranks") or []
+    streams = ranks[distributed.rank()] if len(ranks) == distributed.world_size() > 1 else state  # this rank's own
+    set_rng_state(streams["rng"])
+    if s.mix_generator is not None and streams["mix_rng"] is not None:
+        s.mix_generator.set_state(streams["mix_rng"])
+    return it

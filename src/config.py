@@ -15,6 +15,8 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from src.errors import ConfigError
+
 PARAMS_FILE = Path("params.yaml")
 
 NonNegFloat = Annotated[float, Field(ge=0.0)]
@@ -22,10 +24,6 @@ PosFloat = Annotated[float, Field(gt=0.0)]
 PosInt = Annotated[int, Field(gt=0)]
 NonNegInt = Annotated[int, Field(ge=0)]
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
-
-
-class ConfigError(ValueError):
-    """An invalid params file or value; the message names the file and the key."""
 
 
 class Strict(BaseModel):

@@ -1,5 +1,6 @@
 """Evaluate given checkpoints without training: PSNR, LPIPS (when available) and, with a recogniser, the task
-metric, on the val split of ``data/raw`` + ``data/lr``, through the same ``engine.evaluate`` as the pipeline.
+metric, on the val split of ``data/raw`` + ``data/lr``, scored by the evaluate stage's own
+``src.experiment.score_val_split``.
 
     python -m src.evaluate_only --task cls --sr models/cls/sr4ir/sr.pt --rec models/cls/sr4ir/rec.pt
     python -m src.evaluate_only --task seg --sr net_sr_latest.pth      # an official release: PSNR/LPIPS only
@@ -12,7 +13,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import math
 import pickle
 import re
 import sys
@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from src.config import ConfigError, Params, load_params
-from src.data.dataset import DataError, PairedDataset, make_loader
-from src.engine import build_setup, evaluate, load_state
+from src.data.dataset import PairedDataset, make_loader
+from src.errors import DataError
+from src.experiment import build_setup, load_state, score_val_split
 from src.methods import Method
-from src.metrics import lpips_network
 from src.models.official import load_official_sr
-from src.report import METRIC_LABELS
+from src.report import METRIC_LABELS, fmt_number, superscript
 from src.tasks import TASKS, build_task
 from src.utils import resolve_device, seed_everything, write_json_atomic, write_text_atomic
 
@@ -78,8 +78,7 @@ def evaluate_checkpoints(params: Params, task_name: str, sr_path: Path, rec_path
         raise DataError(f"{lr / 'val'}: LR images are x{hr.shape[-1] // lr_img.shape[-1]} of {raw / 'val'}, but "
                         f"degrade.scale is {params.degrade.scale} (re-run the degrade stage, or set degrade.scale)")
     loader = make_loader(val_ds, params.eval.batch_size, False, params.data.num_workers)
-    lpips_net, lpips_reason = lpips_network(params.eval.lpips, device, tuple(hr.shape[-2:]), params.eval.psnr_crop_border)
-    metrics = evaluate(setup, loader, device, params.eval.psnr_crop_border, lpips_net)
+    metrics, lpips_reason, _ = score_val_split(params, setup, val_ds, loader, device)
     record: dict[str, Any] = {
         "task": task_name,
         "sr_checkpoint": str(sr_path),
@@ -96,10 +95,6 @@ def evaluate_checkpoints(params: Params, task_name: str, sr_path: Path, rec_path
     if rec_path is None:
         record["task_metric_unavailable"] = NO_REC_NOTE
     return record
-
-
-def _fmt(x: Any, digits: int) -> str:
-    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
 
 def render_markdown(record: dict[str, Any]) -> str:
@@ -120,23 +115,19 @@ def render_markdown(record: dict[str, Any]) -> str:
     ]
     notes = []
     for key in [k for k in m if k not in ("psnr", "lpips")]:  # the task metric(s) first
-        lines.append(f"| {METRIC_LABELS.get(key, key)} ↑ | {_fmt(m[key], 1)} |")
+        lines.append(f"| {METRIC_LABELS.get(key, key)} ↑ | {fmt_number(m[key], 1, 'n/a')} |")
     if "task_metric_unavailable" in record:
         notes.append(record["task_metric_unavailable"])
-        lines.append(f"| task metric | n/a{_sup(len(notes))} |")
-    lines.append(f"| PSNR (dB) ↑ | {_fmt(m.get('psnr'), 2)} |")
+        lines.append(f"| task metric | n/a{superscript(len(notes))} |")
+    lines.append(f"| PSNR (dB) ↑ | {fmt_number(m.get('psnr'), 2, 'n/a')} |")
     if "lpips" in m:
-        lines.append(f"| LPIPS ↓ | {_fmt(m['lpips'], 3)} |")
+        lines.append(f"| LPIPS ↓ | {fmt_number(m['lpips'], 3, 'n/a')} |")
     else:
         notes.append(f"LPIPS not computed: {record.get('lpips_unavailable', 'not recorded')}")
-        lines.append(f"| LPIPS ↓ | n/a{_sup(len(notes))} |")
+        lines.append(f"| LPIPS ↓ | n/a{superscript(len(notes))} |")
     if notes:
-        lines += ["", *(f"{_sup(i + 1)} {n}  " for i, n in enumerate(notes))]
+        lines += ["", *(f"{superscript(i + 1)} {n}  " for i, n in enumerate(notes))]
     return "\n".join(lines) + "\n"
-
-
-def _sup(i: int) -> str:
-    return "".join("⁰¹²³⁴⁵⁶⁷⁸⁹"[int(d)] for d in str(i))
 
 
 def default_out(task: str, sr_path: Path) -> Path:

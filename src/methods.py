@@ -1,7 +1,7 @@
-"""Each training method declared once, as data; one loop (``src/engine.py``) runs them all.
+"""Each training method declared once, as data; one loop (``src/loop.py``) runs them all.
 
 The six methods of the paper's Table 1 (plus SR pre-training) differ only in what the recogniser
-sees, where each network starts, which networks train, and which step updates them.
+sees, where each network starts, which networks train, and which update rule (``src/steps.py``) trains them.
 """
 
 from __future__ import annotations
@@ -10,7 +10,13 @@ from dataclasses import dataclass
 from typing import Literal
 
 View = Literal["hr", "lr_up", "sr"]
-Step = Literal["pixel", "recogniser", "critic", "joint", "alternate"]
+Step = Literal["pixel", "recogniser", "sr_via_task", "joint", "alternate"]
+# Where the SR network's weights start:
+#   random       a fresh network (SR pre-training itself; it loads sr.init when that names released weights)
+#   pretrain_sr  the pretrain_sr stage's output (S->T: the SR network pre-trained on this dataset)
+#   div2k        the released DIV2K weights that sr.init names, as the paper; without sr.init the pretrain_sr
+#                stage's output stands in for them
+SRStart = Literal["random", "pretrain_sr", "div2k"]
 
 
 @dataclass(frozen=True)
@@ -18,15 +24,19 @@ class Method:
     name: str
     label: str  # as the paper writes it
     view: View  # the image the recogniser sees, in training and at test: HR, bilinear-upsampled LR, or SR(LR)
-    step: Step  # which update rule trains it (src/engine.py STEPS)
+    step: Step  # which update rule trains it (src/steps.py STEPS)
     trains_sr: bool
     trains_rec: bool
-    sr_from_pretrained: bool = False  # SR starts from the pretrain_sr stage
-    # ... or, when ``sr.init`` names released DIV2K weights, from those (the paper starts T->S, S+T and SR4IR
-    # from DIV2K weights and only S->T from the task-pretrained SR; without sr.init pretrain_sr stands in)
-    sr_from_div2k: bool = False
+    sr_start: SRStart = "random"
     rec_from: str | None = None  # the recogniser starts from this method's trained recogniser
     uses_rec: bool = True
+    # The SR step adds the TDP loss once train.sr4ir.warmup_epochs are over; the schedules restart then.
+    tdp: bool = False
+
+    @property
+    def reads_pretrained_sr(self) -> bool:
+        """Whether the method can start from the pretrain_sr stage's output (a dependency of its stage)."""
+        return self.sr_start in ("pretrain_sr", "div2k")
 
 
 METHODS: dict[str, Method] = {
@@ -35,12 +45,10 @@ METHODS: dict[str, Method] = {
         Method("sr_pretrain", "SR", "sr", "pixel", trains_sr=True, trains_rec=False, uses_rec=False),
         Method("h2t", "H2T", "hr", "recogniser", trains_sr=False, trains_rec=True),
         Method("l2t", "L2T", "lr_up", "recogniser", trains_sr=False, trains_rec=True),
-        Method("s2t", "S→T", "sr", "recogniser", trains_sr=False, trains_rec=True, sr_from_pretrained=True),
-        Method("t2s", "T→S", "sr", "critic", trains_sr=True, trains_rec=False, sr_from_pretrained=True, rec_from="h2t",
-               sr_from_div2k=True),
-        Method("joint", "S+T", "sr", "joint", trains_sr=True, trains_rec=True, sr_from_pretrained=True, sr_from_div2k=True),
-        Method("sr4ir", "SR4IR", "sr", "alternate", trains_sr=True, trains_rec=True, sr_from_pretrained=True,
-               sr_from_div2k=True),
+        Method("s2t", "S→T", "sr", "recogniser", trains_sr=False, trains_rec=True, sr_start="pretrain_sr"),
+        Method("t2s", "T→S", "sr", "sr_via_task", trains_sr=True, trains_rec=False, sr_start="div2k", rec_from="h2t"),
+        Method("joint", "S+T", "sr", "joint", trains_sr=True, trains_rec=True, sr_start="div2k"),
+        Method("sr4ir", "SR4IR", "sr", "alternate", trains_sr=True, trains_rec=True, sr_start="div2k", tdp=True),
     )
 }
 

@@ -1,6 +1,6 @@
 """The SR4IR step written the way the official implementation runs it, for the benchmark and the exactness test.
 
-``reference_alternate_step`` is ``src.engine.alternate_step``'s math, step for step as the official
+``reference_alternate_step`` is ``src.steps.alternate_step``'s math, step for step as the official
 ``sr4ir_*_model.py:train_one_epoch`` does it (SR4IR_METHOD.md section 6):
 
 * phase 1: SR = S(LR); L1; with TDP, T goes to eval mode with ``requires_grad`` off on all its parameters,
@@ -23,12 +23,13 @@ import torch.nn.functional as F
 
 from src.cqmix import cqmix
 from src.data.dataset import Batch
-from src.engine import Setup, _task_loss, _update
+from src.steps import Setup, task_loss
+from src.optim import optimizer_step
 from src.losses import tdp_loss
 
 
 def reference_alternate_step(s: Setup, batch: Batch, tdp_on: bool) -> dict[str, torch.Tensor]:
-    cfg = s.loss_cfg
+    cfg = s.loss
     # Phase 1: update S; T is a frozen critic.
     sr_out = s.sr(batch.lr)
     terms = {"loss_pix": F.l1_loss(sr_out, batch.hr)}
@@ -49,16 +50,16 @@ def reference_alternate_step(s: Setup, batch: Batch, tdp_on: bool) -> dict[str, 
                 p.requires_grad_(flag)
         terms["loss_tdp"] = tdp_loss(f_sr, f_hr, s.tdp_layers)
         phase1 = phase1 + cfg.tdp_weight * terms["loss_tdp"]
-    _update([s.opt_sr], phase1, "SR4IR phase-1 loss")
+    optimizer_step([s.opt_sr], phase1, "SR4IR phase-1 loss")
 
     # Phase 2: update T on SR (recomputed with a graph, then detached), HR and CQMix, one forward per loss.
     if cfg.recompute_sr_phase2:
         sr_out = s.sr(batch.lr)
     sr_out = sr_out.detach()
     mixed = cqmix(sr_out, batch.hr, s.cqmix_grid, cfg.cqmix_p, s.mix_generator)
-    terms["loss_task_sr"] = _task_loss(s, sr_out, batch.target)
-    terms["loss_task_hr"] = _task_loss(s, batch.hr, batch.target)
-    terms["loss_task_cqmix"] = _task_loss(s, mixed, batch.target)
+    terms["loss_task_sr"] = task_loss(s, sr_out, batch.target)
+    terms["loss_task_hr"] = task_loss(s, batch.hr, batch.target)
+    terms["loss_task_cqmix"] = task_loss(s, mixed, batch.target)
     phase2 = cfg.sr_weight * terms["loss_task_sr"] + cfg.hr_weight * terms["loss_task_hr"] + cfg.cqmix_weight * terms["loss_task_cqmix"]
-    _update([s.opt_rec], phase2, "SR4IR phase-2 loss")
+    optimizer_step([s.opt_rec], phase2, "SR4IR phase-2 loss")
     return terms

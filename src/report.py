@@ -4,14 +4,16 @@ and a comparison with the ordering of the paper's published numbers."""
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from src.config import Params
 from src.methods import METHODS, TABLE_METHODS
+from src.tasks.seg import IGNORE
 
 # Published numbers (shared/SR4IR_METHOD.md section 13.1: the released x8 EDSR-baseline checkpoints), by
 # setting (task, data.name, degrade.scale, sr.arch). Nothing else is published in the sources (section
@@ -105,11 +107,13 @@ def ordering_check(df: pd.DataFrame, primary: str) -> list[str]:
     return lines
 
 
-def _fmt(x: float, digits: int = 1) -> str:
-    return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+def fmt_number(x: float | None, digits: int = 1, missing: str = "—") -> str:
+    """A table cell: ``x`` with ``digits`` decimals, or ``missing`` for None/NaN."""
+    return missing if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
 
-def _sup(i: int) -> str:
+def superscript(i: int) -> str:
+    """A footnote mark: 12 -> ¹²."""
     return "".join("⁰¹²³⁴⁵⁶⁷⁸⁹"[int(d)] for d in str(i))
 
 
@@ -123,10 +127,10 @@ def lpips_cells(df: pd.DataFrame) -> tuple[list[str], list[str]]:
         if isinstance(note, str) and note:
             if note not in notes:
                 notes.append(note)
-            cells.append(f"n/a{_sup(notes.index(note) + 1)}")
+            cells.append(f"n/a{superscript(notes.index(note) + 1)}")
         else:
-            cells.append(_fmt(r.get("lpips", float("nan")), 3))
-    return cells, [f"{_sup(i + 1)} LPIPS not computed: {n}" for i, n in enumerate(notes)]
+            cells.append(fmt_number(r.get("lpips", float("nan")), 3))
+    return cells, [f"{superscript(i + 1)} LPIPS not computed: {n}" for i, n in enumerate(notes)]
 
 
 def markdown_table(df: pd.DataFrame, primary: str, paper_name: str) -> str:
@@ -136,11 +140,11 @@ def markdown_table(df: pd.DataFrame, primary: str, paper_name: str) -> str:
     lpips, notes = lpips_cells(df)
     best = df.loc[df["method"] != "h2t", primary].max() if len(df) else float("nan")
     for i, (_, r) in enumerate(df.iterrows()):
-        val = _fmt(r[primary])
+        val = fmt_number(r[primary])
         if r["method"] != "h2t" and r[primary] == best:
             val = f"**{val}**"
-        lines.append(f"| {r['label']} | {val} | {_fmt(r['psnr'], 2)} | {lpips[i]} | {_fmt(r['paper_' + primary])} "
-                     f"| {_fmt(r.get('paper_lpips', float('nan')), 3)} |")
+        lines.append(f"| {r['label']} | {val} | {fmt_number(r['psnr'], 2)} | {lpips[i]} | {fmt_number(r['paper_' + primary])} "
+                     f"| {fmt_number(r.get('paper_lpips', float('nan')), 3)} |")
     if notes:
         lines += ["", *(f"{n}  " for n in notes)]
     return "\n".join(lines)
@@ -173,6 +177,61 @@ def plot_results(df: pd.DataFrame, histories: Mapping[str, list[dict]], primary:
     plt.close(fig)
 
 
+# Drawing one val image with its prediction, per kind of target (``Task.target_kind``). It lives here, not in
+# src/tasks: the task modules are code deps of every training stage, this module only of the report stage.
+# Each function shows an (H, W, 3) uint8 image on a matplotlib axis, the prediction drawn on it; ``pred`` and
+# ``target`` are one sample's rows of the arrays ``Task.to_numpy`` saved.
+
+def draw_label(ax: Any, image: Any, pred: Any, target: Any, class_names: Sequence[str]) -> None:
+    """A class id (classification): the predicted name as the title, green if right, red with the truth if not."""
+    ax.imshow(image, interpolation="nearest")
+    ok = int(pred) == int(target)
+    ax.set_title(class_names[int(pred)] + ("" if ok else f"\n(true: {class_names[int(target)]})"),
+                 fontsize=7, color="#1a7f37" if ok else "#c62828")
+    ax.set_axis_off()
+
+
+def draw_mask(ax: Any, image: Any, pred: Any, target: Any, class_names: Sequence[str]) -> None:
+    """An (H, W) class map (segmentation; 0 is background, ``IGNORE`` not scored): the predicted classes as a
+    translucent overlay, the pixel accuracy as the title."""
+    import matplotlib.pyplot as plt
+
+    num_classes = len(class_names) + 1  # + background, as SegmentationTask counts them
+    ax.imshow(image, interpolation="nearest")  # at the prediction's size (the report upsamples LR)
+    colours = plt.get_cmap("tab10")(np.arange(num_classes) % 10)[:, :3]
+    overlay = np.zeros((*pred.shape, 4))
+    overlay[..., :3] = colours[pred]
+    overlay[..., 3] = np.where(pred > 0, 0.45, 0.0)
+    ax.imshow(overlay, interpolation="nearest")
+    valid = target != IGNORE
+    acc = 100.0 * float((pred[valid] == target[valid]).mean()) if valid.any() else float("nan")
+    ax.set_title(f"pixel acc {acc:.0f}%", fontsize=7)
+    ax.set_axis_off()
+
+
+def draw_boxes(ax: Any, image: Any, pred: Any, target: Any, class_names: Sequence[str], score_min: float = 0.5) -> None:
+    """(M, 6) box rows [x0, y0, x1, y1, label, score] padded with label -1 (detection): true boxes dashed
+    white, predicted boxes scoring at least ``score_min`` coloured by class with name and score."""
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    ax.imshow(image, interpolation="nearest")  # boxes are in this image's pixels (the report upsamples LR)
+    colours = plt.get_cmap("tab10")
+    for x0, y0, x1, y1, label, _ in target[target[:, 4] >= 0]:
+        ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ls="--", lw=0.8, ec="white"))
+    shown = pred[(pred[:, 4] >= 0) & (pred[:, 5] >= score_min)]
+    for x0, y0, x1, y1, label, score in shown:
+        c = colours(int(label) % 10)
+        ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, lw=1.2, ec=c))
+        ax.text(x0, y0, f"{class_names[int(label) - 1]} {score:.2f}", fontsize=4, color="white",
+                va="bottom", bbox={"fc": c, "ec": "none", "pad": 0.5})
+    ax.set_title(f"{len(shown)} boxes (score >= {score_min})", fontsize=7)
+    ax.set_axis_off()
+
+
+DRAW = {"label": draw_label, "mask": draw_mask, "boxes": draw_boxes}  # by Task.target_kind
+
+
 QUALITATIVE_COLUMNS = (("LR (L2T)", "l2t", "lr"), ("S→T", "s2t", "view"), ("SR4IR", "sr4ir", "view"), ("HR (H2T)", "h2t", "hr"))
 
 
@@ -183,6 +242,7 @@ def plot_qualitative(task: Any, samples: Mapping[str, Mapping[str, Any]], out: P
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    draw = DRAW[task.target_kind]
     cols = [c for c in QUALITATIVE_COLUMNS if c[1] in samples]
     n = min(len(samples[c[1]]["target"]) for c in cols)
     names = [str(x) for x in next(iter(samples.values()))["class_names"]]
@@ -194,40 +254,10 @@ def plot_qualitative(task: Any, samples: Mapping[str, Mapping[str, Any]], out: P
             image = s[key][i]
             k = s["view"][i].shape[0] // image.shape[0]
             image = image.repeat(k, axis=0).repeat(k, axis=1) if k > 1 else image
-            task.draw(axes[i][j], image, s["pred"][i], s["target"][i], names)
+            draw(axes[i][j], image, s["pred"][i], s["target"][i], names)
         axes[0][j].text(0.5, 1.35, label, transform=axes[0][j].transAxes, ha="center", fontsize=10, weight="bold")
     fig.tight_layout()
     fig.savefig(out, dpi=110, format="png")
-    plt.close(fig)
-
-
-def plot_sample_grid(task: Any, samples: Mapping[str, Any], class_names: list[str], label: str, out: Path) -> None:
-    """One method's val samples: LR | bicubic | the recogniser's view (SR for SR methods) | HR, predictions drawn
-    on the view."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import torch
-    import torch.nn.functional as F
-
-    lr = torch.from_numpy(samples["lr"]).permute(0, 3, 1, 2).float() / 255
-    scale = samples["hr"].shape[1] // samples["lr"].shape[1]
-    bicubic = (F.interpolate(lr, scale_factor=scale, mode="bicubic").clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
-    n = len(samples["target"])
-    fig, axes = plt.subplots(n, 4, figsize=(7.6, 2.0 * n), squeeze=False)
-    for i in range(n):
-        for j, (img, title) in enumerate(((samples["lr"][i], "LR"), (bicubic[i], "bicubic"), (None, label), (samples["hr"][i], "HR"))):
-            ax = axes[i][j]
-            if img is None:
-                task.draw(ax, samples["view"][i], samples["pred"][i], samples["target"][i], class_names)
-            else:
-                ax.imshow(img, interpolation="nearest")
-                ax.set_axis_off()
-            if i == 0:
-                ax.text(0.5, 1.3, title, transform=ax.transAxes, ha="center", fontsize=9, weight="bold")
-    fig.tight_layout()
-    fig.savefig(out, dpi=100, format="png")
     plt.close(fig)
 
 
@@ -298,13 +328,13 @@ def render_html(params: Params, sections: list[tuple[str, pd.DataFrame, list[str
         data = base64.b64encode((root / rel).read_bytes()).decode()
         return f'<img alt="{esc(alt)}" src="data:image/png;base64,{data}">'
 
-    body = [f"<h1>SR4IR study report</h1>", f"<p>{esc(' '.join(_intro(params)).replace('**', ''))}</p>"]
+    body = ["<h1>SR4IR study report</h1>", f"<p>{esc(' '.join(_intro(params)).replace('**', ''))}</p>"]
     for task, df, checks, figures in sections:
         primary = _primary(df)
         lpips, notes = lpips_cells(df)
         rows = "".join(
-            f"<tr><td>{esc(r['label'])}</td><td>{_fmt(r[primary])}</td><td>{_fmt(r['psnr'], 2)}</td><td>{esc(lpips[i])}</td>"
-            f"<td>{_fmt(r['paper_' + primary])}</td><td>{_fmt(r.get('paper_lpips', float('nan')), 3)}</td></tr>"
+            f"<tr><td>{esc(r['label'])}</td><td>{fmt_number(r[primary])}</td><td>{fmt_number(r['psnr'], 2)}</td><td>{esc(lpips[i])}</td>"
+            f"<td>{fmt_number(r['paper_' + primary])}</td><td>{fmt_number(r.get('paper_lpips', float('nan')), 3)}</td></tr>"
             for i, (_, r) in enumerate(df.iterrows()))
         body += [f"<h2>Task: {esc(task)}</h2>", f"<p>Paper columns: {esc(paper_label(task, params))}.</p>",
                  f"<table><tr><th>Method</th><th>{esc(METRIC_LABELS.get(primary, primary))} ↑</th><th>PSNR (dB) ↑</th>"

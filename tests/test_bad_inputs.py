@@ -21,9 +21,12 @@ from PIL import Image
 
 from src.config import ConfigError, Params, parse_params
 from src.data import dataset as dataset_mod
-from src.data.dataset import DataError, PairedDataset, bad_sample_policy, make_loader
+from src.data.dataset import PairedDataset, make_loader
+from src.errors import DataError
 from src.data.degrade import degrade_folder
+from src.data.targets import targets_for
 from src.tasks import build_task
+from tests.conftest import TINY
 
 BAD = "000003"  # the sample each case breaks (train split)
 N_TRAIN = 16  # tests/conftest.py TINY
@@ -219,7 +222,7 @@ def test_several_bad_samples_are_all_reported_and_the_warning_is_one_line(data, 
     with caplog.at_level(logging.WARNING, logger="src.data.dataset"):
         ds = PairedDataset(raw, lr, "train", task, on_bad_sample="skip")
     assert [Path(f).name for f, _ in ds.skipped] == ["000001.png", "labels.csv", "000009.png"]
-    assert len(ds) == N_TRAIN - 3 and ds.targets == task.load_targets(raw / "train", ds.names)
+    assert len(ds) == N_TRAIN - 3 and ds.targets == targets_for(task).load(raw / "train", ds.names)
     [record] = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert "\n" not in record.getMessage() and "skipping 3 of 16 'train' samples" in record.getMessage()
 
@@ -232,17 +235,20 @@ def test_a_split_with_only_bad_samples_names_the_folder(data):
         PairedDataset(raw, lr, "val", None, on_bad_sample="skip")
 
 
-def test_the_policy_block_sets_the_mode_and_collects_the_skipped_samples_by_split(data):
+def test_the_policy_reaches_the_dataset_as_an_argument_and_training_returns_the_skipped_samples_by_split(data):
+    from src.experiment import train_method
+
     raw, lr = data
     _truncate(raw / HR)
     task = build_task("cls", Params(), raw)
-    with bad_sample_policy("skip") as skipped:  # what the train and evaluate stages wrap around their work
-        train = PairedDataset(raw, lr, "train", task)
-        PairedDataset(raw, lr, "val", task)
-    assert len(train) == N_TRAIN - 1
-    assert {k: len(v) for k, v in skipped.items()} == {"train": 1, "val": 0}
-    with bad_sample_policy("error"), pytest.raises(DataError):
-        PairedDataset(raw, lr, "train", task)
+    train = PairedDataset(raw, lr, "train", task, on_bad_sample="skip")
+    assert len(train) == N_TRAIN - 1 and len(train.skipped) == 1
+    with pytest.raises(DataError):
+        PairedDataset(raw, lr, "train", task)  # the default is "error"
+    tiny = parse_params({**TINY, "data": {**TINY["data"], "on_bad_sample": "skip"}, "train": {**TINY["train"], "epochs": 2},
+                         "tasks": ["cls"]})
+    result = train_method(tiny, "cls", "h2t", raw, lr)
+    assert {k: len(v) for k, v in result.skipped.items()} == {"train": 1, "val": 0}
     with pytest.raises(ValueError, match=r"data.on_bad_sample: 'ignore' is not one of \['error', 'skip'\]"):
         PairedDataset(raw, lr, "train", task, on_bad_sample="ignore")
 
@@ -349,20 +355,19 @@ def test_train_and_evaluate_stages_count_skipped_samples_in_their_metrics(data, 
 
     def fake_train(params, task, method, raw, lr, **kwargs):  # what train_method builds, without the training
         t = build_task(task, params, raw)
-        PairedDataset(raw, lr, "train", t)
-        PairedDataset(raw, lr, "val", t)
-        return TrainResult({"rec": {}}, [{"loss": 1.0}], 0.0)
+        mode = params.data.on_bad_sample
+        skipped = {s: PairedDataset(raw, lr, s, t, on_bad_sample=mode).skipped for s in ("train", "val")}
+        return TrainResult({"rec": {}}, [{"loss": 1.0}], 0.0, skipped)
 
     def fake_evaluate(params, task, method, raw, lr, model_dir, n_samples=0):
-        ds = PairedDataset(raw, lr, "val", build_task(task, params, raw))
-        return EvalResult({"top1": 50.0, "n_val": len(ds)}, {"class_names": np.array(["a"])}, 0.0)
+        ds = PairedDataset(raw, lr, "val", build_task(task, params, raw), on_bad_sample=params.data.on_bad_sample)
+        return EvalResult({"top1": 50.0, "n_val": len(ds)}, {"class_names": np.array(["a"])}, 0.0, {"val": ds.skipped})
 
     for module in (pipeline.train, pipeline.evaluate):
         monkeypatch.setattr(module, "stage_run", fake_stage_run)
     monkeypatch.setattr(pipeline.train, "train_method", fake_train)
     monkeypatch.setattr(pipeline.evaluate, "evaluate_method", fake_evaluate)
     monkeypatch.setattr(pipeline.evaluate, "save_npz_atomic", lambda *a, **k: None)
-    monkeypatch.setattr(pipeline.evaluate, "plot_sample_grid", lambda *a, **k: None)
     args = __import__("argparse").Namespace(task="cls", method="h2t")
 
     pipeline.train.main(args)

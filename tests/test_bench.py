@@ -14,7 +14,8 @@ import torch
 
 from src.bench import bench_params, synthetic_batch
 from src.config import SRConfig
-from src.engine import alternate_step, build_setup, prepare_for_speed
+from src.steps import alternate_step
+from src.experiment import build_setup, prepare_for_speed
 from src.methods import METHODS
 from src.reference import reference_alternate_step
 from src.tasks import TASKS
@@ -85,7 +86,7 @@ def test_channels_last_stays_within_float_tolerance_of_the_reference():
 
 def test_tdp_batching_falls_back_when_the_critic_is_batch_dependent():
     """A critic whose BN stays in train mode inside ``frozen`` couples the samples: two forwards, not one."""
-    from src.engine import _tdp_features
+    from src.steps import _tdp_features
 
     s, data = _setup("cls")
     s.tdp_batched = True

@@ -7,7 +7,8 @@ import torch
 
 from src.config import ClsConfig, SRConfig
 from src.cqmix import cqmix, cqmix_mask
-from src.engine import cosine_restart, load_state
+from src.optim import cosine_restart
+from src.experiment import load_state
 from src.losses import tdp_loss
 from src.metrics import PSNR
 from src.models.sr import EDSR, build_sr

@@ -32,7 +32,7 @@ DRIVER = r"""
 import json, sys
 from pathlib import Path
 import torch
-from src import distributed, engine
+from src import distributed, optim, steps
 from src.config import parse_params
 from src.experiment import pretrain_sr, train_method
 
@@ -80,8 +80,8 @@ report["overlap"] = {"buckets": len(averager.buckets), "in_backward": averager.l
                      "sums": [p.grad.double().sum().item() for p in ps]}
 
 # A non-finite TDP loss on rank 1 only: both ranks stop at the same step, before any update.
-real = engine.tdp_loss
-engine.tdp_loss = lambda *x, **k: real(*x, **k) * (float("nan") if rank == 1 else 1.0)
+real = steps.tdp_loss
+steps.tdp_loss = lambda *x, **k: real(*x, **k) * (float("nan") if rank == 1 else 1.0)
 try:
     train_method(params, "cls", "sr4ir", raw, lr, sr_init=out / f"pretrain{rank}.pt")
 except FloatingPointError as err:
@@ -196,7 +196,7 @@ def test_sync_bn_swaps_every_batchnorm_and_keeps_the_weights_and_their_keys(task
 
 def test_the_training_setup_converts_only_when_asked_and_names_the_key_on_a_cpu(tiny_data, monkeypatch):
     from src import distributed
-    from src.engine import build_setup
+    from src.experiment import build_setup
     from src.methods import METHODS
     from src.tasks import build_task
 
@@ -347,14 +347,14 @@ import copy, json, sys
 from pathlib import Path
 import torch
 import torch.distributed as dist
-from src import distributed, engine
+from src import distributed, optim, steps
 
 dist.init_process_group("gloo")
 rank, dev = dist.get_rank(), torch.device("cuda")
 torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
 report = {}
 
-# engine._update overlaps on CUDA: one SGD step on each rank's half equals one on the whole batch.
+# optim.optimizer_step overlaps on CUDA: one SGD step on each rank's half equals one on the whole batch.
 torch.manual_seed(0)
 net = torch.nn.Sequential(*[torch.nn.Linear(256, 256) for _ in range(6)]).to(dev)
 whole = copy.deepcopy(net)
@@ -367,7 +367,7 @@ def spy(self):
     hooked.append(self)
     return real(self)
 distributed.GradientAverager.__enter__ = spy
-engine._update([opt], net(half).square().mean(), "test loss")
+optim.optimizer_step([opt], net(half).square().mean(), "test loss")
 distributed.GradientAverager.__enter__ = real
 whole_opt = torch.optim.SGD(whole.parameters(), lr=0.5)
 whole(x).square().mean().backward()
@@ -400,6 +400,6 @@ def test_gpu_overlapped_averaging_and_sync_batchnorm_match_one_process(tmp_path)
                         str(tmp_path)], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=240))
     for rank in range(2):
         r = json.loads((tmp_path / f"gpu{rank}.json").read_text())
-        assert r["overlapped"], "engine._update did not overlap the all-reduce with the backward on CUDA"
+        assert r["overlapped"], "optim.optimizer_step did not overlap the all-reduce with the backward on CUDA"
         assert r["step_diff"] < 1e-5, r
         assert r["syncbn"] and r["syncbn_diff"] < 1e-4 and r["running_diff"] < 1e-5, r

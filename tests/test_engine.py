@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from src.data.dataset import PairedDataset, make_loader
-from src.engine import build_setup, evaluate, fit, train_one_epoch
+from src.experiment import build_setup
+from src.loop import evaluate, fit, train_one_epoch
 from src.methods import METHODS, TABLE_METHODS
 from src.tasks import build_task
 
@@ -94,7 +95,7 @@ def test_non_finite_loss_stops_before_updating(loaders, tiny_params):
     before = {k: v.clone() for k, v in s.rec.named_parameters()}
     batch = next(iter(train))
     batch.hr[0, 0, 0, 0] = float("nan")
-    from src.engine import recogniser_step
+    from src.steps import recogniser_step
 
     with pytest.raises(FloatingPointError, match="non-finite loss_task"):
         recogniser_step(s, batch, False)
@@ -116,7 +117,7 @@ def test_sr4ir_trains_with_a_swinir_sr_network(arch, loaders, tiny_params):
     sr0 = _state(s.sr)
     batch = next(iter(train))
     from src.data.dataset import Batch
-    from src.engine import alternate_step
+    from src.steps import alternate_step
 
     small = Batch(lr=batch.lr[:2], hr=batch.hr[:2], target=batch.target[:2])  # SwinIR-M is large for a CPU test
     terms = alternate_step(s, small, True)
@@ -140,7 +141,7 @@ def test_phase2_batched_is_the_same_loss_in_one_forward(loaders, tiny_params):
     import copy
 
     from src.config import parse_params
-    from src.engine import alternate_step
+    from src.steps import alternate_step
 
     task, train, _ = loaders
     raw = tiny_params.model_dump()
@@ -151,7 +152,7 @@ def test_phase2_batched_is_the_same_loss_in_one_forward(loaders, tiny_params):
     _without_batchnorm(paper.rec)
     paper.opt_rec = torch.optim.SGD(paper.rec.parameters(), lr=0.1)
     batched = copy.deepcopy(paper)
-    batched.loss_cfg = batched_params.train.sr4ir
+    batched.loss = batched_params.train.sr4ir
     batched.opt_rec = torch.optim.SGD(batched.rec.parameters(), lr=0.1)
     calls = []
     batched.rec.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))

@@ -1,4 +1,4 @@
-"""python -m src.evaluate_only: given checkpoints (ours or with the official key names) through engine.evaluate,
+"""python -m src.evaluate_only: given checkpoints (ours or with the official key names) through src.loop.evaluate,
 no training; missing or unfitting checkpoints fail with exit 2 and one line naming the file."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""src.data.fetch against a local HTTP server and hand-built hostile archives (no internet)."""
+"""src.data.fetch against a local HTTP server and src.data.archive against hand-built hostile archives (no internet)."""
 
 from __future__ import annotations
 
@@ -19,17 +19,8 @@ from pathlib import Path
 import pytest
 
 from src.data import fetch
-from src.data.fetch import (
-    ArchiveError,
-    ChecksumError,
-    CorruptArchiveError,
-    DownloadError,
-    UnsafeArchiveError,
-    download,
-    md5sum,
-    safe_extract,
-    sha256sum,
-)
+from src.data.archive import ArchiveError, CorruptArchiveError, UnsafeArchiveError, safe_extract
+from src.data.fetch import ChecksumError, DownloadError, download, md5sum, sha256sum
 
 # Random bytes so that a shifted or duplicated chunk cannot accidentally hash right.
 PAYLOAD = os.urandom(300_000)

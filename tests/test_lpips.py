@@ -10,7 +10,8 @@ import torch
 from torchvision.models import vgg
 
 from src.config import Params
-from src.engine import build_setup, evaluate
+from src.experiment import build_setup
+from src.loop import evaluate
 from src.data.dataset import PairedDataset, make_loader
 from src.experiment import evaluate_method
 from src.methods import METHODS

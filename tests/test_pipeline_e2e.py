@@ -280,3 +280,52 @@ def test_degrade_rewriting_the_same_images_leaves_every_later_stage_cached(proje
     assert "Running stage 'degrade'" in out
     assert manifest.read_bytes() == before
     assert _dvc("status", cwd=project) == status and "degrade" not in status
+
+
+def _stages_stale_through(project: Path, rel: str) -> set[str]:
+    """The stages `dvc status` finds stale because of a changed dep at ``rel`` (a file, or a folder holding it)."""
+    status = json.loads(_run([sys.executable, "-m", "dvc", "status", "--json"], project).strip().splitlines()[-1] or "{}")
+    stale = set()
+    for stage, changes in status.items():
+        for change in changes if isinstance(changes, list) else []:
+            deps = change.get("changed deps", {}) if isinstance(change, dict) else {}
+            if any(rel == d or rel.startswith(d.rstrip("/") + "/") for d in deps):
+                stale.add(stage)
+    return stale
+
+
+# One function edited in each module (the edit itself does not matter to DVC: any byte does), and the stages whose
+# outputs that module can change, written out by hand from what each stage computes.
+ALL_STAGES = {"download", "degrade", "pretrain_sr", "report",
+              *(f"train@{t}-{m}" for t in TASKS for m in ("h2t", "l2t")),
+              *(f"train_from_sr@{t}-{m}" for t in TASKS for m in ("s2t", "joint", "sr4ir")),
+              *(f"train_t2s@{t}" for t in TASKS), *(f"evaluate@{t}-{m}" for t in TASKS for m in METHODS)}
+EDITS = [
+    # seeding decides every stage's randomness, atomic writes every output
+    ("src/utils.py", '    """Seed Python, NumPy and torch; return a torch generator for data order."""\n',
+     '    """Seed Python, NumPy and torch; return a torch generator for data order."""\n    seed = int(seed)\n', ALL_STAGES),
+    # what a method loads and trains: every stage that trains or evaluates one, and the report (its labels)
+    ("src/methods.py", '        return self.sr_start in ("pretrain_sr", "div2k")\n',
+     '        return self.sr_start != "random"\n', ALL_STAGES - {"download", "degrade"}),
+    # the report's formatting: the report alone
+    ("src/report.py", '    """A table cell: ``x`` with ``digits`` decimals, or ``missing`` for None/NaN."""\n',
+     '    """A table cell: ``x`` with ``digits`` decimals, or ``missing`` for None/NaN."""\n    digits = int(digits)\n', {"report"}),
+    # an output-neutral module (MLflow logging): nothing
+    ("src/tracking.py", "    def log_artifact(self, path: Path, folder: str | None = None) -> None:\n",
+     "    def log_artifact(self, path: Path, folder: str | None = None) -> None:\n        path = Path(path)\n", set()),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("rel", "old", "new", "expected"), EDITS, ids=[e[0] for e in EDITS])
+def test_an_edit_makes_exactly_the_stages_whose_outputs_it_can_change_stale(project, rel, old, new, expected):
+    path = project / rel
+    original = path.read_text()
+    assert old in original, f"{rel}: the edited line moved; update EDITS"
+    assert _stages_stale_through(project, rel) == set()
+    try:
+        path.write_text(original.replace(old, new, 1))
+        assert _stages_stale_through(project, rel) == expected
+    finally:
+        path.write_text(original)
+    assert _stages_stale_through(project, rel) == set()

@@ -28,14 +28,14 @@ logging.basicConfig(level=logging.INFO, format="%(message)s")
 from pathlib import Path
 import torch
 torch.set_num_threads(2)
-from src import engine
+from src import steps
 from src.checkpoint import Checkpointing
 from src.config import parse_params
 from src.experiment import train_method
 
 cfg = json.loads(sys.argv[1])
 raw, lr, ckpt_path, out, kill_at, sig, every = cfg["raw"], cfg["lr"], cfg["ckpt"], cfg["out"], cfg["kill_at"], cfg["sig"], cfg["every"]
-step = engine.STEPS["alternate"]
+step = steps.STEPS["alternate"]
 calls = 0
 def counted(s, batch, tdp_on):
     global calls
@@ -43,7 +43,7 @@ def counted(s, batch, tdp_on):
     if calls == kill_at:
         os.kill(os.getpid(), getattr(signal, sig))  # SIGKILL: gone now; SIGTERM: stop after this step
     return step(s, batch, tdp_on)
-engine.STEPS["alternate"] = counted
+steps.STEPS["alternate"] = counted
 params = parse_params(cfg["params"])
 ckpt = Checkpointing(Path(ckpt_path), params.digest(), every)
 r = train_method(params, "cls", "sr4ir", Path(raw), Path(lr), sr_init=Path(cfg["sr_init"]), checkpoint=ckpt)
@@ -137,18 +137,18 @@ def test_a_torn_checkpoint_is_set_aside(tmp_path, tiny_data, caplog):
 
 
 def test_a_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_weights(tmp_path, tiny_data, monkeypatch):
-    from src import engine
+    from src import steps
 
     raw, lr = tiny_data
     params = parse_params({**TINY, "train": {**TINY["train"], "epochs": 2}})
-    real = engine.tdp_loss
+    real = steps.tdp_loss
     calls = {"n": 0}
 
     def poisoned(*args, **kwargs):
         calls["n"] += 1
         return real(*args, **kwargs) * float("nan")
 
-    monkeypatch.setattr(engine, "tdp_loss", poisoned)  # TDP starts in epoch 2 (warm-up 1)
+    monkeypatch.setattr(steps, "tdp_loss", poisoned)  # TDP starts in epoch 2 (warm-up 1)
     path = tmp_path / "ckpt.pt"
     sr = tmp_path / "sr.pt"
     from src.models.sr import build_sr

@@ -20,10 +20,11 @@ from pycocotools.coco import COCO
 
 from src.config import ClsConfig, ConfigError, DataConfig, DetConfig, SegConfig, parse_params
 from src.data import fetch
-from src.data.dataset import DataError
+from src.errors import DataError
 from src.data.prepare import prepare_dataset
 from src.data.sources import cars, voc
 from src.data.sources.common import Box, crop_for, resize_crop_boxes, resize_crop_image, resize_crop_mask
+from src.data.targets import targets_for
 from src.tasks.cls import ClassificationTask
 from src.tasks.det import DetectionTask
 from src.tasks.seg import SegmentationTask
@@ -292,11 +293,11 @@ def test_voc_download_convert_and_load(tmp_path, http_root):
         names = _check_images(split_dir, len(samples))
         assert not (split_dir / "labels.csv").exists()  # VOC has no image-level labels
         assert sorted(_sources(split_dir).values()) == sorted(f"JPEGImages/{s[0]}.jpg" for s in samples)
-        masks = SegmentationTask(SegConfig(), 20).load_targets(split_dir, names)
+        masks = targets_for(SegmentationTask(SegConfig(), 20)).load(split_dir, names)
         for p in masks:
             values = set(np.unique(np.asarray(Image.open(p))).tolist())
             assert values <= {0, 1, 2, 3, 255} and 0 in values
-        targets = DetectionTask(DetConfig(), 20).load_targets(split_dir, names)
+        targets = targets_for(DetectionTask(DetConfig(), 20)).load(split_dir, names)
         coco = COCO(str(split_dir / "instances.json"))
         assert sorted(coco.getImgIds()) == list(range(1, len(samples) + 1))
         assert sorted(a["id"] for a in coco.loadAnns(coco.getAnnIds())) == list(range(1, len(coco.getAnnIds()) + 1))
@@ -313,10 +314,10 @@ def test_voc_download_convert_and_load(tmp_path, http_root):
     # The person at x 1..4 of the 40x30 image lies in the 2 px cut from the left: dropped, not clipped to a sliver.
     src = _sources(raw / "train")
     first = next(n for n in _names(raw / "train") if src[n].endswith("2007_000032.jpg"))
-    assert DetectionTask(DetConfig(), 20).load_targets(raw / "train", [first])[0]["labels"].tolist() == [1]
+    assert targets_for(DetectionTask(DetConfig(), 20)).load(raw / "train", [first])[0]["labels"].tolist() == [1]
     # The 40x30 image becomes 21x16 (x scale 21/40, y 16/30) and loses 2 px on the left: the aeroplane,
     # COCO xyxy (4, 3, 30, 20), lands at x 4*0.525-2 .. 30*0.525-2, y 3*16/30 .. 20*16/30 (3 decimals).
-    box = DetectionTask(DetConfig(), 20).load_targets(raw / "train", [first])[0]["boxes"][0].tolist()
+    box = targets_for(DetectionTask(DetConfig(), 20)).load(raw / "train", [first])[0]["boxes"][0].tolist()
     assert box == pytest.approx([0.1, 1.6, 13.75, 10.667], abs=1e-5)
 
     # A second run finds the archive and the extracted folder: no request.
@@ -363,7 +364,7 @@ def test_stanford_cars_from_zip_or_folder(tmp_path, placed):
     for split, folder in (("train", "train"), ("val", "test")):
         names = _check_images(raw / split, 9 if split == "train" else 6)
         assert not (raw / split / "masks").exists() and not (raw / split / "instances.json").exists()
-        labels = ClassificationTask(ClsConfig(), 3).load_targets(raw / split, names)
+        labels = targets_for(ClassificationTask(ClsConfig(), 3)).load(raw / split, names)
         src = _sources(raw / split)
         for n, label in zip(names, labels):
             assert src[n].startswith(f"{folder}/{sorted(CAR_CLASSES)[label]}/")  # test/ became val
@@ -388,7 +389,7 @@ def test_cub_from_tgz_with_the_official_split(tmp_path):
     seen = {}
     for split, count in (("train", 4), ("val", 2)):
         names = _check_images(raw / split, count)
-        labels = ClassificationTask(ClsConfig(), 2).load_targets(raw / split, names)
+        labels = targets_for(ClassificationTask(ClsConfig(), 2)).load(raw / split, names)
         src = _sources(raw / split)
         for n, label in zip(names, labels):
             assert src[n].startswith(f"images/{CUB_CLASSES[label]}/")
@@ -473,13 +474,13 @@ def test_folder_layouts_convert_and_load(tmp_path, kinds):
     for split, ns in names.items():
         src = _sources(raw / split)
         if "cls" in kinds:
-            labels = ClassificationTask(ClsConfig(), 2).load_targets(raw / split, ns)
+            labels = targets_for(ClassificationTask(ClsConfig(), 2)).load(raw / split, ns)
             assert [src[n].split("/")[1] for n in ns] == [class_names[label] for label in labels]
         if "seg" in kinds:
-            for p in SegmentationTask(SegConfig(), 2).load_targets(raw / split, ns):
+            for p in targets_for(SegmentationTask(SegConfig(), 2)).load(raw / split, ns):
                 assert set(np.unique(np.asarray(Image.open(p))).tolist()) == {0, 2}
         if "det" in kinds:
-            targets = DetectionTask(DetConfig(), 2).load_targets(raw / split, ns)
+            targets = targets_for(DetectionTask(DetConfig(), 2)).load(raw / split, ns)
             for n, t in zip(ns, targets):
                 empty = src[n].endswith("s1.jpg")
                 assert t["labels"].tolist() == ([] if empty else [2])  # "boat" is class 1 -> label 2

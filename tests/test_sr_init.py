@@ -13,7 +13,7 @@ import torch
 
 from src.config import parse_params
 from src.data.fetch import ChecksumError
-from src.engine import build_setup
+from src.experiment import build_setup
 from src.experiment import pretrain_sr, train_method
 from src.methods import METHODS
 from src.models import official
@@ -52,8 +52,8 @@ def _release(tmp_path: Path, name: str, seed: int = 7) -> tuple[Path, dict[str, 
 
 
 def test_only_the_methods_the_paper_starts_from_div2k_do():
-    assert {m for m, meth in METHODS.items() if meth.sr_from_div2k} == {"t2s", "joint", "sr4ir"}
-    assert METHODS["s2t"].sr_from_pretrained and not METHODS["s2t"].sr_from_div2k  # S->T: the task-pretrained SR
+    assert {m for m, meth in METHODS.items() if meth.sr_start == "div2k"} == {"t2s", "joint", "sr4ir"}
+    assert METHODS["s2t"].sr_start == "pretrain_sr"  # S->T: the task-pretrained SR
 
 
 def test_a_known_release_is_downloaded_and_its_hub_hash_checked(tmp_path, served):

@@ -8,7 +8,9 @@ import torch
 
 from src.config import Params, SRConfig
 from src.data.dataset import PairedDataset, make_loader
-from src.engine import build_setup, evaluate, train_one_epoch
+from src.data.targets import targets_for
+from src.experiment import build_setup
+from src.loop import evaluate, train_one_epoch
 from src.losses import tdp_loss
 from src.methods import METHODS
 from src.models.sr import build_sr
@@ -92,7 +94,8 @@ def test_masks_with_unknown_class_ids_are_rejected_naming_the_file(tmp_path):
     Image.fromarray(np.full((8, 8), 42, np.uint8)).save(path)
     task = _task("seg")
     with pytest.raises(ValueError, match="000000.png: class id 42"):
-        task.collate_targets(task.load_targets(tmp_path, ["000000"]))
+        targets = targets_for(task)
+        targets.collate(targets.load(tmp_path, ["000000"]))
 
 
 @pytest.mark.parametrize("name", ["seg", "det"])
@@ -148,7 +151,7 @@ def test_detection_map_equals_pycocotools_on_the_split_json(tmp_path):
 
     task = TASKS["det"](Params().det, num_classes=3)
     names = [f"{i:06d}" for i in range(1, 7)]
-    targets = task.load_targets(tmp_path, names)
+    targets = targets_for(task).load(tmp_path, names)
     metric = task.new_metric()
     for t in targets:  # one image per update, the detections in the detector's output format
         mine = [d for d in dets if d["image_id"] == int(t["image_id"])]
@@ -188,10 +191,10 @@ def test_bad_boxes_are_rejected_naming_the_file_and_annotation(tmp_path, bad, me
             "categories": [{"id": c} for c in range(1, 9)]}
     (tmp_path / "instances.json").write_text(json.dumps(coco))
     with pytest.raises(ValueError, match=f"instances.json: image '000000', annotation 7: .*{message}"):
-        _task("det").load_targets(tmp_path, ["000000"])
+        targets_for(_task("det")).load(tmp_path, ["000000"])
 
 
 def test_detection_hflip_moves_boxes_with_the_image():
     task = _task("det")
     t = {"boxes": torch.tensor([[10.0, 5.0, 30.0, 20.0]]), "labels": torch.tensor([2])}
-    assert task.hflip_target(t, 64)["boxes"].tolist() == [[34.0, 5.0, 54.0, 20.0]]
+    assert targets_for(task).hflip(t, 64)["boxes"].tolist() == [[34.0, 5.0, 54.0, 20.0]]

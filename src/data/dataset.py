@@ -12,11 +12,9 @@ uint8) and no epoch decodes a PNG again; a larger split is read from disk in ``_
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,42 +25,20 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from src.data.degrade import read_rgb
+from src.data.targets import Targets, targets_for
+from src.errors import DataError
 from src.tasks.base import Task
 
 log = logging.getLogger(__name__)
 
 ON_BAD_SAMPLE = ("error", "skip")
-# What a task's ``load_targets`` raises for a bad annotation (tasks name the file in the message).
+# What ``Targets.load`` raises for a bad annotation (src/data/targets.py names the file in the message).
 _TARGET_ERRORS = (KeyError, ValueError, TypeError, IndexError, OSError)
 _IMAGE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 _WARN_FIRST = 5  # bad samples named in the skip warning
 CACHE_BYTES = 512 * 2**20  # decoded uint8 pixels (HR + LR) a dataset keeps in memory
 
 Skipped = list[tuple[str, str]]  # (file, problem)
-_POLICY: ContextVar[tuple[str, dict[str, Skipped]] | None] = ContextVar("bad_sample_policy", default=None)
-
-
-class DataError(ValueError):
-    """A bad sample or annotation file; the message names the file and the problem."""
-
-
-@contextlib.contextmanager
-def bad_sample_policy(mode: str) -> Iterator[dict[str, Skipped]]:
-    """Datasets built inside this block without an explicit ``on_bad_sample`` use ``mode``.
-
-    Yields a dict that collects, by split, what those datasets skipped (for a stage's metrics)::
-
-        with bad_sample_policy(params.data.on_bad_sample) as skipped:
-            train_method(...)
-        run.log_metrics({f"data/skipped_{split}": len(v) for split, v in skipped.items()})
-    """
-    _check_mode(mode)
-    skipped: dict[str, Skipped] = {}
-    token = _POLICY.set((mode, skipped))
-    try:
-        yield skipped
-    finally:
-        _POLICY.reset(token)
 
 
 def _check_mode(mode: str) -> None:
@@ -74,23 +50,21 @@ def _check_mode(mode: str) -> None:
 class Batch:
     lr: torch.Tensor  # (B, 3, h, w) in [0, 1], 8-bit levels
     hr: torch.Tensor  # (B, 3, s*h, s*w) in [0, 1]
-    target: Any  # whatever the task collates; read only by the Task
+    target: Any  # what the targets of the task collate (src/data/targets.py); read only by the Task
 
 
 class PairedDataset(Dataset):
-    """HR images from ``raw/<split>/images``, LR twins from ``lr/<split>``, targets via the task."""
+    """HR images from ``raw/<split>/images``, LR twins from ``lr/<split>``, targets of the task's ``target_kind``."""
 
     def __init__(self, raw: Path, lr: Path, split: str, task: Task | None, hflip: bool = False, fraction: float = 1.0,
-                 on_bad_sample: str | None = None):
+                 on_bad_sample: str = "error"):
         """``task=None`` gives image pairs only (SR pre-training): targets are ``None``.
 
         ``fraction`` keeps a fixed prefix of the split (its order is already random), for short tuning runs.
-        ``on_bad_sample`` is ``"error"`` or ``"skip"``; ``None`` takes the enclosing ``bad_sample_policy``
-        (``"error"`` outside one). Skipped samples are listed in ``self.skipped`` as (file, problem).
+        ``on_bad_sample`` (``data.on_bad_sample``) is ``"error"`` or ``"skip"``; skipped samples are listed in
+        ``self.skipped`` as (file, problem).
         """
-        policy = _POLICY.get()
-        mode = on_bad_sample or (policy[0] if policy else "error")
-        _check_mode(mode)
+        _check_mode(on_bad_sample)
         self.hr_dir, self.lr_dir = raw / split / "images", lr / split
         names = sorted(p.stem for p in self.hr_dir.glob("*.png"))
         if fraction < 1.0:
@@ -100,17 +74,18 @@ class PairedDataset(Dataset):
         if not self.lr_dir.is_dir():
             raise FileNotFoundError(f"{self.lr_dir}: missing (run the degrade stage first)")
         self.task, self.hflip = task, hflip
+        self.target_io: Targets | None = targets_for(task) if task is not None else None
 
         problems = self._check_images(names)
         targets: dict[str, Any] = {}
-        if task is not None:
-            targets, bad = _targets_by_sample(task, raw / split, [n for n in names if n not in problems])
+        if self.target_io is not None:
+            targets, bad = _targets_by_sample(self.target_io, raw / split, [n for n in names if n not in problems])
             for n, msg in bad.items():
                 problems[n] = _file_and_problem(msg, self.hr_dir / f"{n}.png")
 
         self.skipped: Skipped = [problems[n] for n in names if n in problems]
         if self.skipped:
-            if mode == "error":
+            if on_bad_sample == "error":
                 file, problem = self.skipped[0]
                 raise DataError(f"{file}: {problem} [{len(self.skipped)} of {len(names)} '{split}' samples are bad; "
                                 "data.on_bad_sample: skip drops them]")
@@ -123,8 +98,6 @@ class PairedDataset(Dataset):
             raise DataError(f"{self.hr_dir}: all {len(names)} '{split}' samples are bad, nothing left to load "
                             f"(first: {self.skipped[0][0]}: {self.skipped[0][1]})")
         self.targets = [targets[n] for n in self.names] if task is not None else [None] * len(self.names)
-        if policy is not None and on_bad_sample is None:
-            policy[1][split] = list(self.skipped)
 
     def _check_images(self, names: Sequence[str]) -> dict[str, tuple[str, str]]:
         """The first problem of each bad sample's images, by name: (file, problem)."""
@@ -199,12 +172,12 @@ class PairedDataset(Dataset):
         # Bicubic downscaling by an integer factor commutes with a horizontal flip, so flipping both stays consistent.
         if self.hflip and torch.rand(()) < 0.5:
             hr, lr = hr.flip(-1), lr.flip(-1)
-            target = self.task.hflip_target(target, hr.shape[-1]) if self.task else None
+            target = self.target_io.hflip(target, hr.shape[-1]) if self.target_io else None
         return lr, hr, target
 
     def collate(self, samples: list[tuple[torch.Tensor, torch.Tensor, Any]]) -> Batch:
         lrs, hrs, targets = zip(*samples)
-        return Batch(lr=torch.stack(lrs), hr=torch.stack(hrs), target=self.task.collate_targets(list(targets)) if self.task else None)
+        return Batch(lr=torch.stack(lrs), hr=torch.stack(hrs), target=self.target_io.collate(list(targets)) if self.target_io else None)
 
 
 def _decode(path: Path) -> np.ndarray | str:
@@ -242,29 +215,29 @@ def _message(err: BaseException) -> str:
 
 
 def _file_and_problem(msg: str, fallback: Path) -> tuple[str, str]:
-    """Split a task's "<file>: <problem>" message; a message without a file is the image's."""
+    """Split a target's "<file>: <problem>" message; a message without a file is the image's."""
     head, sep, rest = msg.partition(": ")
     if sep and head.endswith((".csv", ".json", ".png")):
         return head, rest
     return str(fallback), f"bad target ({msg})"
 
 
-def _targets_by_sample(task: Task, split_dir: Path, names: Sequence[str]) -> tuple[dict[str, Any], dict[str, str]]:
+def _targets_by_sample(target_io: Targets, split_dir: Path, names: Sequence[str]) -> tuple[dict[str, Any], dict[str, str]]:
     """Targets by name, and the problem of each sample whose target does not load.
 
-    One ``load_targets`` call when all are good (the annotation file is read once). Otherwise a call with
+    One ``load`` call when all are good (the annotation file is read once). Otherwise a call with
     no samples tells a problem of the file as a whole (unreadable, malformed: an error, no single sample to
     drop) from bad samples, and the failing halves are split again, so a few bad samples among n cost
-    O(log n) calls each (tasks report only their first problem).
+    O(log n) calls each (``load`` reports only its first problem).
     """
     good: dict[str, Any] = {}
     bad: dict[str, str] = {}
     try:
-        return dict(zip(names, task.load_targets(split_dir, list(names)))), bad
+        return dict(zip(names, target_io.load(split_dir, list(names)))), bad
     except _TARGET_ERRORS:
         pass
     try:
-        task.load_targets(split_dir, [])
+        target_io.load(split_dir, [])
     except _TARGET_ERRORS as err:
         if isinstance(err, FileNotFoundError):
             raise
@@ -274,7 +247,7 @@ def _targets_by_sample(task: Task, split_dir: Path, names: Sequence[str]) -> tup
         if not chunk:
             return
         try:
-            targets = task.load_targets(split_dir, chunk)
+            targets = target_io.load(split_dir, chunk)
         except _TARGET_ERRORS as err:
             if len(chunk) == 1:
                 bad[chunk[0]] = _message(err)

@@ -1,14 +1,16 @@
-"""The task interface: everything that differs between classification, segmentation and detection.
+"""The task interface: the network side of what differs between classification, segmentation and detection.
 
 The training loop, the TDP loss, CQMix, evaluation and the report see only this interface; none of
 them branches on the task's name. Images given to a task are (B, 3, H, W) floats in [0, 1] (HR, an
-upsampled LR or an SR output, unclamped); each task normalises inside.
+upsampled LR or an SR output, unclamped); each task normalises inside. The data side of targets (reading
+a split's annotations, flipping one with its image, collating a batch) lives in ``src.data.targets``,
+chosen by ``Task.target_kind``.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -28,11 +30,13 @@ class Metric(Protocol):
 class Task(Protocol):
     name: str
     primary_metric: str  # key of Metric.compute() that the report and tuning rank by
+    # What a target is, as ``to_numpy`` saves it: "label" (N,) class ids, "mask" (N, H, W) class maps or
+    # "boxes" (N, M, 6) box rows; the report draws a sample by it (src/report.py, DRAW).
+    target_kind: str
+    # The network's class count (seg's includes the background); src.data.targets checks the annotations against it.
+    num_classes: int
 
     def build_model(self) -> nn.Module: ...
-    def load_targets(self, split_dir: Path, names: Sequence[str]) -> list[Any]: ...
-    def collate_targets(self, targets: list[Any]) -> Any: ...
-    def hflip_target(self, target: Any, width: int) -> Any: ...
     def losses(self, model: nn.Module, images: torch.Tensor, target: Any) -> dict[str, torch.Tensor]:
         """Named, unweighted loss terms; weights from params are applied once by the caller."""
         ...
@@ -46,9 +50,6 @@ class Task(Protocol):
         ...
     def to_numpy(self, values: Any) -> np.ndarray:
         """A batch of predictions or targets as one array (saved with the qualitative samples)."""
-        ...
-    def draw(self, ax: Any, image: Any, pred: Any, target: Any, class_names: Sequence[str]) -> None:
-        """Show one (H, W, 3) uint8 image on a matplotlib axis with the prediction drawn on it."""
         ...
 
 
@@ -107,7 +108,7 @@ def set_bn_momentum(model: nn.Module, momentum: float) -> None:
 def imagenet_weights_error(key: str, err: Exception) -> Exception:
     """What a task raises when torchvision cannot fetch the ImageNet weights ``key`` asks for: a
     ``DownloadError`` (the stages print it as one line and exit 2) naming the switch and the cache folder."""
-    from src.data.fetch import DownloadError
+    from src.errors import DownloadError
 
     cache = Path(torch.hub.get_dir()) / "checkpoints"
     return DownloadError(f"{key}: could not load ImageNet weights ({err}); set {key}: false, or place torchvision's "

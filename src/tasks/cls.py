@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -46,6 +43,7 @@ class Classifier(nn.Module):
 class ClassificationTask:
     name = "cls"
     primary_metric = "top1"
+    target_kind = "label"
 
     def __init__(self, cfg: ClsConfig, num_classes: int):
         self.cfg, self.num_classes = cfg, num_classes  # layer and loss-term names: checked by ClsConfig
@@ -60,43 +58,6 @@ class ClassificationTask:
             raise imagenet_weights_error("cls.pretrained", err) from err
         net.fc = nn.Linear(net.fc.in_features, self.num_classes)  # the 1000-way head is never reused
         return Classifier(net)
-
-    def load_targets(self, split_dir: Path, names: Sequence[str]) -> list[int]:
-        """The class id of each image from ``labels.csv``; a bad row fails only for the image it labels."""
-        path = split_dir / "labels.csv"
-        rows: dict[str, list[str | None]] = {}
-        try:
-            with path.open(newline="") as f:
-                reader = csv.DictReader(f)
-                if reader.fieldnames is None or not {"id", "label"} <= set(reader.fieldnames):
-                    raise ValueError(f"{path}: expected a header with columns id,label, got {reader.fieldnames}")
-                for row in reader:
-                    rows.setdefault(row["id"], []).append(row["label"])
-        except FileNotFoundError:
-            raise FileNotFoundError(f"{path}: missing (classification labels)") from None
-        except (csv.Error, UnicodeDecodeError) as err:
-            raise ValueError(f"{path}: not a readable CSV file ({err})") from None
-        out = []
-        for n in names:
-            found = rows.get(n)
-            if not found:
-                raise KeyError(f"{path}: no label for image {n!r}")
-            if len(set(found)) > 1:
-                raise ValueError(f"{path}: image {n!r} has {len(found)} rows with different labels {found}")
-            try:
-                label = int(found[0])  # type: ignore[arg-type]
-            except (TypeError, ValueError):
-                raise ValueError(f"{path}: image {n!r} has label {found[0]!r}, not an integer class id") from None
-            if not 0 <= label < self.num_classes:
-                raise ValueError(f"{path}: image {n!r} has class id {label}, outside [0, {self.num_classes})")
-            out.append(label)
-        return out
-
-    def collate_targets(self, targets: list[int]) -> torch.Tensor:
-        return torch.tensor(targets, dtype=torch.long)
-
-    def hflip_target(self, target: int, width: int) -> int:
-        return target
 
     def losses(self, model: nn.Module, images: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"loss_ce": F.cross_entropy(model(images), target)}
@@ -117,13 +78,6 @@ class ClassificationTask:
 
     def frozen(self, model: nn.Module):
         return frozen_critic(model)
-
-    def draw(self, ax: Any, image: Any, pred: Any, target: Any, class_names: Sequence[str]) -> None:
-        ax.imshow(image, interpolation="nearest")
-        ok = int(pred) == int(target)
-        ax.set_title(class_names[int(pred)] + ("" if ok else f"\n(true: {class_names[int(target)]})"),
-                     fontsize=7, color="#1a7f37" if ok else "#c62828")
-        ax.set_axis_off()
 
 
 class Top1:

@@ -1,7 +1,7 @@
 """Object detection: torchvision Faster R-CNN over a MobileNetV3-Large FPN; TDP on FPN levels; COCO mAP.
 
 Detection fits behind the same ``Task`` interface as the other tasks: targets are a list of per-image
-dicts, the network takes the batch tensor and splits it into the list torchvision expects, its loss
+dicts (read by ``src.data.targets.BoxTargets``), the network takes the batch tensor and splits it into the list torchvision expects, its loss
 dict is the task's named loss terms, and the metric is pycocotools' COCOeval. Two things differ from
 torchvision's defaults, on purpose:
 
@@ -15,10 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
-from collections.abc import Iterator, Sequence
-from pathlib import Path
-from typing import Any
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -111,71 +108,13 @@ def build_detector(cfg: DetConfig, num_classes: int) -> Detector:
 class DetectionTask:
     name = "det"
     primary_metric = "map"
+    target_kind = "boxes"
 
     def __init__(self, cfg: DetConfig, num_classes: int):
         self.cfg, self.num_classes = cfg, num_classes
 
     def build_model(self) -> nn.Module:
         return build_detector(self.cfg, self.num_classes)
-
-    # -- targets ------------------------------------------------------------------------------------
-
-    def load_targets(self, split_dir: Path, names: Sequence[str]) -> list[dict[str, torch.Tensor]]:
-        """One dict per image from ``instances.json``: boxes (N, 4) xyxy, labels (N,) in [1, K], and the
-        image's COCO id, areas and crowd flags (kept for COCOeval)."""
-        path = split_dir / "instances.json"
-        try:
-            coco = json.loads(path.read_text())
-            images = {Path(im["file_name"]).stem: im for im in coco["images"]}
-            cat_ids = sorted(c["id"] for c in coco["categories"])
-        except FileNotFoundError:
-            raise FileNotFoundError(f"{path}: missing (detection annotations)") from None
-        except (json.JSONDecodeError, KeyError, TypeError) as err:
-            raise ValueError(f"{path}: not a COCO detection file ({err})") from None
-        if len(cat_ids) != self.num_classes:
-            raise ValueError(f"{path}: {len(cat_ids)} categories, but the dataset has {self.num_classes} classes")
-        label_of = {c: i + 1 for i, c in enumerate(cat_ids)}  # contiguous; 0 is the detector's background
-        per_image: dict[int, list[dict]] = {im["id"]: [] for im in coco["images"]}
-        for ann in coco.get("annotations", []):
-            if ann.get("image_id") not in per_image:
-                raise ValueError(f"{path}: annotation {ann.get('id')} refers to unknown image {ann.get('image_id')}")
-            per_image[ann["image_id"]].append(ann)
-        out = []
-        for n in names:
-            if n not in images:
-                raise KeyError(f"{path}: no entry for image {n!r}")
-            im = images[n]
-            boxes, labels, areas, crowd = [], [], [], []
-            for ann in per_image[im["id"]]:
-                x, y, w, h = ann["bbox"]
-                if w <= 0 or h <= 0:
-                    raise ValueError(f"{path}: image {n!r}, annotation {ann['id']}: box {ann['bbox']} has zero area")
-                if x < 0 or y < 0 or x + w > im["width"] or y + h > im["height"]:
-                    raise ValueError(f"{path}: image {n!r}, annotation {ann['id']}: box {ann['bbox']} "
-                                     f"lies outside the {im['width']}x{im['height']} image")
-                if ann["category_id"] not in label_of:
-                    raise ValueError(f"{path}: image {n!r}, annotation {ann['id']}: unknown category {ann['category_id']}")
-                boxes.append([x, y, x + w, y + h])
-                labels.append(label_of[ann["category_id"]])
-                areas.append(float(ann.get("area", w * h)))
-                crowd.append(int(ann.get("iscrowd", 0)))
-            out.append({
-                "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
-                "labels": torch.tensor(labels, dtype=torch.int64),
-                "image_id": torch.tensor(im["id"], dtype=torch.int64),
-                "area": torch.tensor(areas, dtype=torch.float32),
-                "iscrowd": torch.tensor(crowd, dtype=torch.int64),
-                "category_ids": torch.tensor(cat_ids, dtype=torch.int64),  # label i -> category_ids[i - 1]
-            })
-        return out
-
-    def collate_targets(self, targets: list[dict[str, torch.Tensor]]) -> list[dict[str, torch.Tensor]]:
-        return list(targets)
-
-    def hflip_target(self, target: dict[str, torch.Tensor], width: int) -> dict[str, torch.Tensor]:
-        boxes = target["boxes"].clone()
-        boxes[:, [0, 2]] = width - target["boxes"][:, [2, 0]]
-        return {**target, "boxes": boxes}
 
     # -- network ------------------------------------------------------------------------------------
 
@@ -215,23 +154,6 @@ class DetectionTask:
             out[i, :k, 4] = v["labels"].cpu().numpy()
             out[i, :k, 5] = v["scores"].detach().cpu().numpy() if "scores" in v else 1.0
         return out
-
-    def draw(self, ax: Any, image: Any, pred: Any, target: Any, class_names: Sequence[str], score_min: float = 0.5) -> None:
-        import matplotlib.pyplot as plt
-        from matplotlib.patches import Rectangle
-
-        ax.imshow(image, interpolation="nearest")  # boxes are in this image's pixels (the report upsamples LR)
-        colours = plt.get_cmap("tab10")
-        for x0, y0, x1, y1, label, _ in target[target[:, 4] >= 0]:
-            ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ls="--", lw=0.8, ec="white"))
-        shown = pred[(pred[:, 4] >= 0) & (pred[:, 5] >= score_min)]
-        for x0, y0, x1, y1, label, score in shown:
-            c = colours(int(label) % 10)
-            ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, lw=1.2, ec=c))
-            ax.text(x0, y0, f"{class_names[int(label) - 1]} {score:.2f}", fontsize=4, color="white",
-                    va="bottom", bbox={"fc": c, "ec": "none", "pad": 0.5})
-        ax.set_title(f"{len(shown)} boxes (score >= {score_min})", fontsize=7)
-        ax.set_axis_off()
 
 
 class CocoMAP:

@@ -4,21 +4,15 @@ val split, ignoring 255."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 import torchvision
-from PIL import Image, UnidentifiedImageError
 from torch import nn
 
 from src.config import SegConfig
+from src.data.targets import IGNORE  # the mask format's "not scored" value (src/report.py imports it from here)
 from src.tasks.base import Normalize, frozen_critic, imagenet_weights_error, set_bn_momentum
-
-IGNORE = 255
 
 
 class Segmenter(nn.Module):
@@ -44,6 +38,7 @@ class Segmenter(nn.Module):
 class SegmentationTask:
     name = "seg"
     primary_metric = "miou"
+    target_kind = "mask"
 
     def __init__(self, cfg: SegConfig, num_classes: int):
         self.cfg = cfg
@@ -59,53 +54,6 @@ class SegmentationTask:
             raise imagenet_weights_error("seg.pretrained_backbone", err) from err
         set_bn_momentum(net, self.cfg.bn_momentum)
         return Segmenter(net)
-
-    def load_targets(self, split_dir: Path, names: Sequence[str]) -> list[Path]:
-        """Mask paths (read lazily, one per sample), each checked now: it decodes, is a single-channel class
-        map of the image's size, and holds only known class ids (~0.1 ms per 64-px mask)."""
-        paths = []
-        for n in names:
-            p = split_dir / "masks" / f"{n}.png"
-            mask = self._decode(p)
-            image = split_dir / "images" / f"{n}.png"
-            try:
-                with Image.open(image) as im:
-                    width, height = im.size
-            except (OSError, SyntaxError, ValueError):  # missing or unreadable: the dataset reports the image
-                pass
-            else:
-                if mask.shape != (height, width):
-                    raise ValueError(f"{p}: mask is {mask.shape[1]}x{mask.shape[0]} but its image {image.name} "
-                                     f"is {width}x{height}")
-            paths.append(p)
-        return paths
-
-    def _decode(self, path: Path) -> np.ndarray:
-        """(H, W) uint8 class map, or an error naming the file and the problem."""
-        try:
-            with Image.open(path) as im:
-                if im.mode not in ("L", "P"):
-                    raise ValueError(f"{path}: mask has mode {im.mode}; expected a single-channel class map (L or P)")
-                mask = np.asarray(im, dtype=np.uint8)
-        except FileNotFoundError:
-            raise FileNotFoundError(f"{path}: segmentation mask missing") from None
-        except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as err:
-            raise ValueError(f"{path}: cannot decode mask (truncated or corrupt: {err})") from None
-        bad = (mask >= self.num_classes) & (mask != IGNORE)
-        if bad.any():
-            raise ValueError(f"{path}: class id {int(mask[bad][0])} outside [0, {self.num_classes}) and not {IGNORE}")
-        return mask
-
-    def read_target(self, target: Any) -> torch.Tensor:
-        if isinstance(target, Path):
-            return torch.from_numpy(self._decode(target).copy()).long()
-        return target
-
-    def collate_targets(self, targets: list[Any]) -> torch.Tensor:
-        return torch.stack([self.read_target(t) for t in targets])  # (B, H, W) long
-
-    def hflip_target(self, target: Any, width: int) -> torch.Tensor:
-        return self.read_target(target).flip(-1)
 
     def losses(self, model: nn.Module, images: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
         out = model(images)
@@ -129,20 +77,6 @@ class SegmentationTask:
 
     def frozen(self, model: nn.Module):
         return frozen_critic(model)
-
-    def draw(self, ax: Any, image: Any, pred: Any, target: Any, class_names: Sequence[str]) -> None:
-        import matplotlib.pyplot as plt
-
-        ax.imshow(image, interpolation="nearest")  # at the prediction's size (the report upsamples LR)
-        colours = plt.get_cmap("tab10")(np.arange(self.num_classes) % 10)[:, :3]
-        overlay = np.zeros((*pred.shape, 4))
-        overlay[..., :3] = colours[pred]
-        overlay[..., 3] = np.where(pred > 0, 0.45, 0.0)
-        ax.imshow(overlay, interpolation="nearest")
-        valid = target != IGNORE
-        acc = 100.0 * float((pred[valid] == target[valid]).mean()) if valid.any() else float("nan")
-        ax.set_title(f"pixel acc {acc:.0f}%", fontsize=7)
-        ax.set_axis_off()
 
 
 class ConfusionIoU:

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from src.config import ConfigError, DataConfig
-from src.data.dataset import DataError
+from src.errors import DataError
 from src.data.sources import cars, cub, folder, voc
 from src.data.sources.common import SourceData, select, write_split
 from src.utils import atomic_path

@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from src.data.dataset import DataError
-from src.data.fetch import safe_extract
+from src.errors import DataError
+from src.data.archive import safe_extract
 from src.utils import progress
 
 # torchvision's ImageFolder extensions (compared lower-case).

@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from src.config import DataConfig
-from src.data.dataset import DataError
+from src.errors import DataError
 from src.data.sources.common import Item, SourceData, locate_by_hand, read_table
 
 ARCHIVE = "CUB_200_2011"

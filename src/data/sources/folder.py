@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from src.config import DataConfig
-from src.data.dataset import DataError
+from src.errors import DataError
 from src.data.sources.common import Box, Item, SourceData, classification_items, image_folder, is_image
 
 SPLITS = ("train", "val")

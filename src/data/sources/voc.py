@@ -34,7 +34,8 @@ from pathlib import Path
 
 from src.config import DataConfig
 from src.data import fetch
-from src.data.dataset import DataError
+from src.data.archive import safe_extract
+from src.errors import DataError
 from src.data.sources.common import ARCHIVE_SUFFIXES, Box, Item, SourceData
 
 CLASSES = (
@@ -71,7 +72,7 @@ def locate(cfg: DataConfig) -> Path:
         )
         if extracted.exists() and any(extracted.iterdir()):
             raise DataError(f"{extracted}: extracted earlier but holds no {ROOT}; delete it and run again")
-        fetch.safe_extract(archive, extracted)
+        safe_extract(archive, extracted)
         if not (extracted / ROOT).is_dir():
             raise DataError(f"{archive}: unpacked to {extracted}, but it holds no {ROOT} (is it the VOC 2012 trainval tar?)")
     return extracted / ROOT
