@@ -73,7 +73,7 @@ class PairedDataset(Dataset):
             raise FileNotFoundError(f"{self.hr_dir}: the '{split}' split is empty (no PNG images)")
         if not self.lr_dir.is_dir():
             raise FileNotFoundError(f"{self.lr_dir}: missing (run the degrade stage first)")
-        self.task, self.hflip = task, hflip
+        self.hflip = hflip
         self.target_io: Targets | None = targets_for(task) if task is not None else None
 
         problems = self._check_images(names)
