@@ -31,6 +31,21 @@ def main(args: argparse.Namespace) -> None:
 
 
 def _report(params) -> None:
+    # The figures folder is built aside and swapped in whole (with persist: true in dvc.yaml DVC no longer
+    # empties it first): a failure leaves the previous report as it was, and no figure of a task left out stays.
+    with atomic_path(paths.REPORTS / "figures") as staged:
+        staged.mkdir()
+        sections, frames, times = _figures(params, staged)
+    # The CSV keeps the numbers; why LPIPS is missing (lpips_note) is a footnote of the report's tables.
+    table = pd.concat(frames).drop(columns=["lpips_note"], errors="ignore")
+    write_text_atomic(paths.REPORTS / "results.csv", table.to_csv(index=False, float_format="%.3f"))
+    write_text_atomic(paths.REPORTS / "report.md", render_markdown(params, sections, times))
+    write_text_atomic(paths.REPORTS / "report.html", render_html(params, sections, times, paths.REPORTS))
+    logging.info("report: %s", paths.REPORTS / "report.md")
+
+
+def _figures(params, staged):
+    """Each task's table and figures (written into ``staged``, the figures folder to be)."""
     times = {"pretrain_sr": read_json(paths.PRETRAIN_HISTORY)["seconds"]}
     sections, frames = [], []
     for task in params.tasks:
@@ -43,21 +58,14 @@ def _report(params) -> None:
             times[f"train {task}/{m}"] = h["seconds"]
         df = results_table(task, metrics, primary, params)
         figures = {"results": f"figures/{task}_results.png", "qualitative": f"figures/{task}_qualitative.png"}
-        with atomic_path(paths.REPORTS / figures["results"]) as tmp:
-            plot_results(df, histories, primary, tmp)
+        plot_results(df, histories, primary, staged / f"{task}_results.png")
         samples = {m: dict(np.load(paths.eval_samples(task, m))) for m in TABLE_METHODS}
-        with atomic_path(paths.REPORTS / figures["qualitative"]) as tmp:
-            # The class count the samples were saved with (data/raw is no dep of this stage: do not read it).
-            n_classes = len(samples["h2t"]["class_names"])
-            plot_qualitative(build_task(task, params, num_classes=n_classes), samples, tmp)
+        # The class count the samples were saved with (data/raw is no dep of this stage: do not read it).
+        n_classes = len(samples["h2t"]["class_names"])
+        plot_qualitative(build_task(task, params, num_classes=n_classes), samples, staged / f"{task}_qualitative.png")
         sections.append((task, df, ordering_check(df, primary), figures))
         frames.append(df)
-    # The CSV keeps the numbers; why LPIPS is missing (lpips_note) is a footnote of the report's tables.
-    table = pd.concat(frames).drop(columns=["lpips_note"], errors="ignore")
-    write_text_atomic(paths.REPORTS / "results.csv", table.to_csv(index=False, float_format="%.3f"))
-    write_text_atomic(paths.REPORTS / "report.md", render_markdown(params, sections, times))
-    write_text_atomic(paths.REPORTS / "report.html", render_html(params, sections, times, paths.REPORTS))
-    logging.info("report: %s", paths.REPORTS / "report.md")
+    return sections, frames, times
 
 
 if __name__ == "__main__":

@@ -331,6 +331,11 @@ def main(argv: list[str] | None = None) -> int:
         args.command = args.command[1:]
     if not args.command:
         parser.error("give the command to run, e.g. python -m pipeline.warm dvc repro")
+    dvc_run = dvc_repro(args.command)
+    if dvc_run is not None:  # what can be checked before DVC deletes an output, with the stages' messages
+        overrides = [w for o in dvc_run[1] for w in ("-S", o)]
+        if code := subprocess.run([sys.executable, "-m", "pipeline.check", *overrides], check=False).returncode:
+            return code
     with tempfile.TemporaryDirectory(prefix="sr4ir-warm-") as folder:
         address = str(Path(folder) / "stages.sock")
         server = subprocess.Popen([sys.executable, "-m", "pipeline.warm", "--serve", address, str(os.getpid())],
@@ -362,7 +367,36 @@ def main(argv: list[str] | None = None) -> int:
                 server.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 server.kill()
-    return code if code >= 0 else 128 - code
+    code = code if code >= 0 else 128 - code
+    if code and dvc_run is not None:
+        restore_outputs(dvc_run[0])
+    return code
+
+
+def dvc_repro(command: list[str]) -> tuple[list[str], list[str]] | None:
+    """For ``dvc repro ...`` or ``dvc exp run ...`` (``dvc``, ``python -m dvc``, a path to dvc): the words
+    that start DVC and the ``-S`` overrides given; None for any other command."""
+    if Path(command[0]).name == "dvc":
+        start = 1
+    elif Path(command[0]).name.startswith("python") and command[1:3] == ["-m", "dvc"]:
+        start = 3
+    else:
+        return None
+    rest = command[start:]
+    if rest[:1] != ["repro"] and rest[:2] != ["exp", "run"]:
+        return None
+    overrides = [rest[j + 1] for j, w in enumerate(rest[:-1]) if w in ("-S", "--set-param")]
+    overrides += [w.split("=", 1)[1] for w in rest if w.startswith("--set-param=")]
+    return command[:start], overrides
+
+
+def restore_outputs(dvc: list[str]) -> None:
+    """After a failed repro: put back, from DVC's cache, the outputs DVC deleted before the stage that failed
+    (``dvc checkout``; dvc.lock still names their last good version). The outputs with ``persist: true`` in
+    dvc.yaml were never deleted."""
+    print("note: the run failed; restoring the cached outputs DVC removed before the failing stage: dvc checkout",
+          file=sys.stderr)
+    subprocess.run([*dvc, "checkout", "--quiet"], check=False)
 
 
 if __name__ == "__main__":

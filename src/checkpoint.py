@@ -96,7 +96,7 @@ def _load(ckpt: Checkpointing) -> dict[str, Any] | None:
         state = torch.load(ckpt.path, map_location="cpu", weights_only=True)
         digest = state["digest"]
     except Exception as err:  # noqa: BLE001 - a torn or foreign file must never stop a fresh start
-        return _set_aside(ckpt, f"unreadable ({type(err).__name__}: {err})")
+        return _set_aside(ckpt, f"unreadable ({type(err).__name__}; truncated or corrupt)")  # not torch's advice
     if digest != ckpt.digest:
         return _set_aside(ckpt, f"written under other params (hash {digest}, now {ckpt.digest})")
     return state

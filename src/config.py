@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import types
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from src.errors import ConfigError
 
@@ -26,8 +27,42 @@ NonNegInt = Annotated[int, Field(ge=0)]
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
+def _quoted_number(annotation: Any, value: Any) -> str | None:
+    """The string in ``value`` that stands where ``annotation`` expects a number (``"4"`` for ``degrade.scale``)."""
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Annotated:
+        return _quoted_number(args[0], value)
+    if origin in (Union, types.UnionType):
+        return None if type(None) in args and value is None else _quoted_number(args[0], value)
+    if origin is list and isinstance(value, list):
+        return next((q for v in value if (q := _quoted_number(args[0], v)) is not None), None)
+    if origin is dict and isinstance(value, dict):
+        return next((q for v in value.values() if (q := _quoted_number(args[1], v)) is not None), None)
+    numeric = (origin is Literal and all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in args)) or \
+        annotation in (int, float)
+    return value if numeric and isinstance(value, str) and _is_number(value) else None
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_quoted_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        """``scale: "4"`` is a string to DVC and to YAML: say so, rather than "Input should be 2, 4 or 8"."""
+        quoted = _quoted_number(cls.model_fields[info.field_name].annotation, value)
+        if quoted is not None:
+            raise PydanticCustomError("quoted_number", "a string ({quoted}) was given where a number is expected: "
+                                      "write the number without quotes", {"quoted": repr(quoted)})
+        return value
 
 
 class SyntheticConfig(Strict):
@@ -57,8 +92,23 @@ class DataConfig(Strict):
     name: Literal["synthetic", "voc", "stanford_cars", "cub200", "folder"] = "synthetic"
     seed: int = 0
     synthetic: SyntheticConfig = SyntheticConfig()
-    # Real datasets (src/data/sources): short side resized to image_size, then a centre square of that size.
-    image_size: Annotated[int, Field(ge=16)] = 256
+    # Real datasets (src/data/sources): short side resized to image_size, then (resize: square) the centre
+    # square of that side is kept, or (resize: short_side, the paper's protocol) the aspect ratio is kept;
+    # image_size 0 with short_side keeps every image at its own size (the paper's detection protocol).
+    image_size: Annotated[int, Field(ge=0)] = 256
+    resize: Literal["square", "short_side"] = "square"
+    # Per-sample views (src/data/transforms.py): a random train_crop x train_crop window per training sample
+    # (image padded with 0, mask with 255 where it is smaller: the paper's seg 480 and cls 224), and a centre
+    # eval_crop x eval_crop window at evaluation (the paper's cls 224); 0: the whole image.
+    train_crop: NonNegInt = 0
+    eval_crop: NonNegInt = 0
+    # k > 0: training batches drawn from images of similar aspect ratio (torchvision's detection recipe,
+    # 2k + 2 groups; the paper's det: 3); 0: plain random batches.
+    aspect_groups: NonNegInt = 0
+    # An image whose side is not a multiple of degrade.scale, or smaller than its batch's canvas, is padded
+    # right/bottom before it is degraded: replicate (the official seg rule) or reflect (the official det rule:
+    # reflect where the padding is smaller than the image, else replicate).
+    pad: Literal["replicate", "reflect"] = "replicate"
     max_train: NonNegInt = 0  # keep this many train images (a data.seed-shuffled prefix); 0: all
     max_val: NonNegInt = 0
     cache_dir: Annotated[str, Field(min_length=1)] = "data/downloads"  # downloads and hand-placed archives
@@ -68,6 +118,11 @@ class DataConfig(Strict):
     hflip: bool = False  # off for the synthetic set: a flip turns a 45-degree grating into a 135-degree one
     num_workers: NonNegInt = 0
     on_bad_sample: Literal["error", "skip"] = "error"  # a corrupt image or bad annotation: fail naming it, or drop it
+    # Source images of the real datasets (src/data/images.py, checked from each file's header before decoding):
+    # width x height above this is refused (a decompression bomb: 12000x12000 in 450 KB); at most Pillow's own
+    # bomb limit, which src/data/images.py enforces as a refusal wherever no other limit is given
+    max_pixels: Annotated[int, Field(gt=0, le=89_478_485)] = 50_000_000
+    max_upscale: Annotated[float, Field(ge=1.0)] = 8.0  # a shorter side upscaled more than this to image_size is refused
 
     @model_validator(mode="after")
     def _folder_named(self) -> "DataConfig":
@@ -75,9 +130,29 @@ class DataConfig(Strict):
             raise ValueError("data.folder must name the dataset folder (with train/ and val/) when data.name is 'folder'")
         return self
 
+    @model_validator(mode="after")
+    def _sizes(self) -> "DataConfig":
+        if self.name != "synthetic" and self.resize == "square" and self.image_size < 16:
+            raise ValueError(f"data.image_size ({self.image_size}) must be at least 16 with data.resize: square "
+                             "(0, keep each image's size, needs data.resize: short_side)")
+        if 0 < self.image_size < 16:
+            raise ValueError(f"data.image_size ({self.image_size}) must be at least 16, or 0 (keep each image's size)")
+        return self
+
+    @property
+    def variable_size(self) -> bool:
+        """True when the stored images of a split may differ in size (the paper's protocol)."""
+        return self.name != "synthetic" and self.resize == "short_side"
+
+    @property
+    def lr_on_disk(self) -> dict[str, bool]:
+        """By split: whether the degrade stage can precompute every LR the split's loader feeds. A random crop,
+        or a training batch's canvas of variable-size images, is only known when the batch is drawn."""
+        return {"train": not self.train_crop and not self.variable_size, "val": True}
+
     @property
     def hr_size(self) -> int:
-        """Side of every HR image the download stage writes."""
+        """Side of every HR image the download stage writes (the short side with resize: short_side)."""
         return self.synthetic.image_size if self.name == "synthetic" else self.image_size
 
     @property
@@ -169,6 +244,7 @@ class SegConfig(Strict):
     loss_weights: dict[str, NonNegFloat] = {"loss_ce": 1.0}
     tdp_layers: dict[str, NonNegFloat] = {"C5": 1.0}
     cqmix_grid: PosInt = 8
+    aux_lr_mult: PosFloat = 10.0  # DeepLabV3's auxiliary head trains at this multiple of optim.lr (the official seg models: 10)
 
     @model_validator(mode="after")
     def _terms_of_the_arch(self) -> "SegConfig":
@@ -278,6 +354,9 @@ class TrainConfig(Strict):
     compile: bool = False  # torch.compile the SR network and the recogniser's trunk
     channels_last: bool = False  # NHWC memory format (same math, float-level differences)
     tdp_batched: bool = False  # SR and HR TDP features in one forward (exact; slower on CPU, see bench)
+    # The official detection warm-up: over epoch 1 every optimiser's lr ramps linearly from 1/iters to 1 with
+    # the cosine held, which then runs over epochs 2..E (SR4IR's cycles: [W - 1, E - W] epochs). src/optim.py.
+    linear_warmup: bool = False
     sr_optim: OptimConfig = OptimConfig(name="adamw", lr=2.0e-4, eta_min=1.0e-6)
     h2t: RecogniserOnly = RecogniserOnly()
     l2t: L2TConfig = L2TConfig()
@@ -306,6 +385,9 @@ class TrainConfig(Strict):
 class EvalConfig(Strict):
     batch_size: PosInt = 100
     psnr_crop_border: NonNegInt = 4  # pixels cut from each side before PSNR (the paper uses 8 on 224-480 px)
+    # PSNR and LPIPS over each image (its padding cut off: the official seg and cls rule) or over the padded
+    # canvas the SR network saw (the official det rule); the same when no image is padded.
+    psnr_on: Literal["image", "canvas"] = "image"
     n_samples: Annotated[int, Field(ge=1, le=32)] = 4  # val images kept with predictions for the qualitative figure
     # LPIPS (VGG, v0.1) of SR methods and L2T, same crop as PSNR. auto: when torchvision's VGG16 weights are already in
     # the torch hub cache (never downloaded by a stage; otherwise the metrics say why it is missing); off: never.
@@ -378,10 +460,30 @@ class Params(Strict):
     @model_validator(mode="after")
     def _cross_checks(self) -> "Params":
         size = self.data.hr_size
-        if size % self.degrade.scale:
+        scale = self.degrade.scale
+        if size % scale and not self.data.variable_size:
             raise ValueError(
-                f"{self.data.hr_size_key} ({size}) must be divisible by degrade.scale ({self.degrade.scale})"
+                f"{self.data.hr_size_key} ({size}) must be divisible by degrade.scale ({scale})"
             )
+        for key in ("train_crop", "eval_crop"):
+            crop = getattr(self.data, key)
+            if crop % scale:
+                raise ValueError(f"data.{key} ({crop}) must be divisible by degrade.scale ({scale})")
+            if crop and not self.data.variable_size and crop > size:
+                raise ValueError(f"data.{key} ({crop}) exceeds the {size}-px images ({self.data.hr_size_key})")
+        if self.data.variable_size:
+            whole = [t for t in self.tasks if t != "det"]  # a detector takes a list of sizes; the others a stacked batch
+            if whole and not self.data.train_crop:
+                raise ValueError(f"tasks {whole} with data.resize: short_side need data.train_crop > 0: a training "
+                                 "batch of images of different sizes stacks only as equal crops (det takes them whole)")
+            if whole and not self.data.eval_crop and self.eval.batch_size != 1:
+                raise ValueError(f"tasks {whole} with data.resize: short_side and no data.eval_crop evaluate each image "
+                                 f"at its own size: eval.batch_size must be 1 (the official protocol), got {self.eval.batch_size}")
+        if self.data.aspect_groups and not self.data.variable_size:
+            raise ValueError("data.aspect_groups needs data.resize: short_side (images of one size form one group)")
+        if self.train.linear_warmup and 0 < self.train.sr4ir.warmup_epochs < 2:
+            raise ValueError(f"train.linear_warmup: epoch 1 is the linear ramp, so sr4ir.warmup_epochs "
+                             f"({self.train.sr4ir.warmup_epochs}) must be 0 or at least 2 (the paper's det: 3)")
         if self.pretrain_sr.batch_size % self.train.nproc:
             raise ValueError(f"pretrain_sr.batch_size ({self.pretrain_sr.batch_size}) must be divisible by train.nproc "
                              f"({self.train.nproc}): each process takes batch_size / nproc samples of every batch")
@@ -399,8 +501,9 @@ class Params(Strict):
                 f"tasks {self.tasks} asks for {missing}, but data.name {self.data.name!r} has annotations for "
                 f"{sorted(served)} only: drop {missing} from tasks or choose another data.name"
             )
-        if 2 * self.eval.psnr_crop_border >= size:
-            raise ValueError(f"eval.psnr_crop_border ({self.eval.psnr_crop_border}) leaves no pixels of a {size}-px image")
+        side = self.data.eval_crop or size  # 0: each image's own size, known only when it is read
+        if side and 2 * self.eval.psnr_crop_border >= side:
+            raise ValueError(f"eval.psnr_crop_border ({self.eval.psnr_crop_border}) leaves no pixels of a {side}-px image")
         return self
 
     def task_config(self, task: str) -> "ClsConfig | SegConfig | DetConfig":
@@ -434,13 +537,54 @@ def parse_params(raw: object, source: Path | str = PARAMS_FILE) -> Params:
         raise ConfigError(_format_errors(Path(source), err)) from None
 
 
-def load_params(path: Path | str = PARAMS_FILE) -> Params:
-    """Read and validate ``params.yaml`` (once per process)."""
+def read_params_file(path: Path | str = PARAMS_FILE) -> Any:
+    """The parsed file, read as DVC reads it (ruamel.yaml's safe loader, YAML 1.2), so that the stages and DVC
+    see the same values: PyYAML (YAML 1.1) reads ``1e9`` as a string, DVC as a number; a key given twice is
+    an error to DVC, and so it is here. Missing, empty or malformed: a ``ConfigError`` naming the file."""
+    from ruamel.yaml import YAML
+    from ruamel.yaml.error import YAMLError
+
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"{path}: file not found (run from the repository root)")
+        raise ConfigError(f"{path}: file not found (run from the repository root; `git checkout {path}` restores it)")
     try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
-    return parse_params(raw, path)
+        raw = YAML(typ="safe").load(path.read_text())
+    except YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(err).split())}") from None
+    if raw is None:
+        raise ConfigError(f"{path}: empty; it spells out every parameter (the defaults live there, not in code): "
+                          f"restore it with `git checkout {path}`")
+    return raw
+
+
+def load_params(path: Path | str = PARAMS_FILE) -> Params:
+    """Read and validate ``params.yaml`` (once per process)."""
+    return parse_params(read_params_file(path), Path(path))
+
+
+def unset_keys(model: type[BaseModel], section: object, prefix: str = "") -> list[str]:
+    """The dotted keys of ``model`` that ``section`` (a parsed params mapping) does not set."""
+    if not isinstance(section, dict):
+        return [prefix.rstrip(".") or "(top level)"]
+    unset = []
+    for name, field in model.model_fields.items():
+        if name not in section:
+            unset.append(prefix + name)
+        elif isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            unset += unset_keys(field.annotation, section[name], f"{prefix}{name}.")
+    return unset
+
+
+def check_params_file(path: Path | str = PARAMS_FILE, raw: Any = None) -> Params:
+    """What ``python -m pipeline.check`` asks of the params file before DVC runs anything: valid (as
+    ``load_params``) and complete, since DVC reads each stage's params from the file itself and the file is
+    where the defaults live. ``raw``: the parsed file with overrides applied (``dvc exp run -S``)."""
+    path = Path(path)
+    raw = read_params_file(path) if raw is None else raw
+    params = parse_params(raw, path)
+    unset = unset_keys(Params, raw)
+    if unset:
+        more = f" (and {len(unset) - 1} more)" if len(unset) > 1 else ""
+        raise ConfigError(f"{path}: {unset[0]}: missing{more}; the file spells out every parameter and DVC reads them "
+                          "from it: copy the key from the repository's params.yaml")
+    return params

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from src.config import ConfigError, Params, load_params
-from src.data.dataset import PairedDataset, make_loader
+from src.data.dataset import make_loader, split_dataset
 from src.errors import DataError
 from src.experiment import build_setup, load_state, score_val_split
 from src.methods import Method
@@ -72,9 +72,9 @@ def evaluate_checkpoints(params: Params, task_name: str, sr_path: Path, rec_path
         except (ValueError, RuntimeError, EOFError, pickle.UnpicklingError) as err:  # the last three: not a torch file
             raise CheckpointError(str(err) if str(rec_path) in str(err) else f"{rec_path}: {err}") from None
 
-    val_ds = PairedDataset(raw, lr, "val", task, on_bad_sample=params.data.on_bad_sample)
+    val_ds = split_dataset(params, raw, lr, "val", task)
     lr_img, hr, _ = val_ds[0]
-    if hr.shape[-1] != lr_img.shape[-1] * params.degrade.scale:
+    if -(-hr.shape[-1] // params.degrade.scale) != lr_img.shape[-1]:  # the LR of a side padded to the scale
         raise DataError(f"{lr / 'val'}: LR images are x{hr.shape[-1] // lr_img.shape[-1]} of {raw / 'val'}, but "
                         f"degrade.scale is {params.degrade.scale} (re-run the degrade stage, or set degrade.scale)")
     loader = make_loader(val_ds, params.eval.batch_size, False, params.data.num_workers)

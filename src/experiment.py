@@ -21,15 +21,15 @@ from torch.utils.data import DataLoader
 
 from src import distributed
 from src.config import ConfigError, OptimConfig, Params
-from src.data.dataset import Batch, PairedDataset, Skipped, make_loader
+from src.data.dataset import Batch, PairedDataset, Skipped, make_loader, split_dataset
 from src.checkpoint import Checkpointing
 from src.loop import Callback, evaluate, fit
 from src.metrics import lpips_network
 from src.methods import METHODS, Method
-from src.models.official import fetch_release, load_official_sr
+from src.models.official import fetch_release, load_official_sr, read_weights
 from src.models.sr import build_sr
 from src.optim import build_optimizer
-from src.steps import Setup, view_images
+from src.steps import Setup, per_image, view_images
 from src.tasks import build_task
 from src.tasks.base import Task
 from src.utils import resolve_device, seed_everything, to_device
@@ -50,10 +50,11 @@ def _loaders(params: Params, task, raw_dir: Path, lr_dir: Path, batch_size: int,
     world = distributed.world_size()
     if batch_size % world:  # params validation checks it against train.nproc; this catches a hand-made torchrun
         raise ConfigError(f"params.yaml: {batch_key} ({batch_size}) must be divisible by the number of processes ({world})")
-    train_ds = PairedDataset(raw_dir, lr_dir, "train", task, hflip=data.hflip, fraction=train_fraction, on_bad_sample=data.on_bad_sample)
-    val_ds = PairedDataset(raw_dir, lr_dir, "val", task, fraction=val_fraction, on_bad_sample=data.on_bad_sample)
+    train_ds = split_dataset(params, raw_dir, lr_dir, "train", task, train_fraction)
+    val_ds = split_dataset(params, raw_dir, lr_dir, "val", task, val_fraction)
     return (
-        make_loader(train_ds, batch_size, True, data.num_workers, seed=params.seed, rank=distributed.rank(), world=world),
+        make_loader(train_ds, batch_size, True, data.num_workers, seed=params.seed, rank=distributed.rank(), world=world,
+                    aspect_groups=data.aspect_groups),
         make_loader(val_ds, params.eval.batch_size, False, data.num_workers),
         {"train": train_ds.skipped, "val": val_ds.skipped},
     )
@@ -96,7 +97,8 @@ def pretrain_sr(params: Params, raw_dir: Path, lr_dir: Path, callbacks: Sequence
     _per_rank_seeds(params, setup, 0)
     t0 = time.perf_counter()
     history = fit(setup, train_loader, val_loader, params.pretrain_sr.epochs, device,
-                  psnr_crop=params.eval.psnr_crop_border, callbacks=callbacks, checkpoint=checkpoint)
+                  psnr_crop=params.eval.psnr_crop_border, callbacks=callbacks, checkpoint=checkpoint,
+                  linear_warmup=params.train.linear_warmup, psnr_on=params.eval.psnr_on)
     return TrainResult({"sr": _cpu_state(setup.sr)}, history, time.perf_counter() - t0, skipped)
 
 
@@ -136,7 +138,8 @@ def train_method(
     warmup = params.train.sr4ir.warmup_epochs if method.tdp else 0
     t0 = time.perf_counter()
     history = fit(setup, train_loader, val_loader, params.train.epochs, device, warmup_epochs=warmup,
-                  psnr_crop=params.eval.psnr_crop_border, callbacks=callbacks, checkpoint=checkpoint)
+                  psnr_crop=params.eval.psnr_crop_border, callbacks=callbacks, checkpoint=checkpoint,
+                  linear_warmup=params.train.linear_warmup, psnr_on=params.eval.psnr_on)
     states = {}
     if setup.sr is not None:
         states["sr"] = _cpu_state(setup.sr)
@@ -168,7 +171,7 @@ def evaluate_method(params: Params, task_name: str, method_name: str, raw_dir: P
     if setup.sr is not None:
         load_state(setup.sr, model_dir / "sr.pt", "SR")
     load_state(setup.rec, model_dir / "rec.pt", "recogniser")
-    val_ds = PairedDataset(raw_dir, lr_dir, "val", task, on_bad_sample=params.data.on_bad_sample)
+    val_ds = split_dataset(params, raw_dir, lr_dir, "val", task)
     loader = make_loader(val_ds, params.eval.batch_size, False, params.data.num_workers)
     metrics, lpips_reason, seconds = score_val_split(params, setup, val_ds, loader, device)
     if lpips_reason is not None:
@@ -187,10 +190,11 @@ def score_val_split(params: Params, setup: Setup, val_ds: PairedDataset, loader:
     the loop took. LPIPS follows ``eval.lpips`` and is never computed for H2T, which sees HR."""
     lpips_net, lpips_reason = None, None
     if setup.method.view != "hr":
-        hr_size = tuple(val_ds[0][1].shape[-2:])
+        sizes = [(val_ds.view.crop,) * 2] if val_ds.view.crop else val_ds.sizes
+        hr_size = (min(h for h, _ in sizes), min(w for _, w in sizes))  # VGG16 must take the smallest image
         lpips_net, lpips_reason = lpips_network(params.eval.lpips, device, hr_size, params.eval.psnr_crop_border)
     t0 = time.perf_counter()
-    metrics = evaluate(setup, loader, device, params.eval.psnr_crop_border, lpips_net)
+    metrics = evaluate(setup, loader, device, params.eval.psnr_crop_border, lpips_net, params.eval.psnr_on)
     return metrics, lpips_reason, time.perf_counter() - t0
 
 
@@ -204,7 +208,12 @@ def collect_samples(s: Setup, loader: DataLoader, device: torch.device, n: int) 
     batch = to_device(next(iter(loader)), device)
     lr, hr, target = batch.lr[:n], batch.hr[:n], batch.target[:n]
     view = view_images(s, Batch(lr=lr, hr=hr, target=target))
-    preds = s.task.predict(s.rec, view)
+    sizes = batch.sizes[:n] if batch.sizes is not None else None
+    preds = s.task.predict(s.rec, per_image(view, sizes))
+    if sizes is not None:  # images of several sizes: all cut to the smallest one's, from the top left
+        h, w = min(h for h, _ in sizes), min(w for _, w in sizes)
+        view, hr = view[..., :h, :w], hr[..., :h, :w]
+        lr = lr[..., : -(-h // s.scale), : -(-w // s.scale)]
 
     def u8(x: torch.Tensor) -> Any:
         return (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()  # (N, H, W, 3)
@@ -226,7 +235,8 @@ def freeze(net: nn.Module) -> None:
 def load_state(net: nn.Module, path: Path, what: str) -> None:
     """Load a state dict saved by this pipeline; name the missing or unexpected keys when it does not fit."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = read_weights(path, f"restore the last good copy with `dvc checkout {path}`, or re-run the stage "
+                                   "that writes it (`dvc repro -f -s <stage>`; `dvc stage list` names them)")
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: {what} weights missing (has the stage that writes them run?)") from None
     try:
@@ -281,7 +291,7 @@ def build_setup(
         if method.trains_rec and params.train.sync_bn:
             rec = distributed.sync_batchnorm(rec, device)
         if method.trains_rec:
-            opt_rec = build_optimizer([p for p in rec.parameters() if p.requires_grad], task_cfg.optim)
+            opt_rec = build_optimizer(task.param_groups(rec), task_cfg.optim)
         else:
             freeze(rec)
     setup = Setup(

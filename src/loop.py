@@ -23,8 +23,8 @@ from src import distributed
 from src.checkpoint import Checkpointing
 from src.errors import Interrupted
 from src.metrics import LPIPS, PSNR
-from src.optim import cosine_restart
-from src.steps import STEPS, Setup, view_images
+from src.optim import cosine_restart, schedule_periods
+from src.steps import STEPS, Setup, per_image, view_images
 from src.utils import progress, to_device
 
 
@@ -94,9 +94,12 @@ def train_one_epoch(
 
 @torch.inference_mode()
 def evaluate(s: Setup, loader: DataLoader, device: torch.device, psnr_crop: int,
-             lpips_net: nn.Module | None = None) -> dict[str, float]:
+             lpips_net: nn.Module | None = None, psnr_on: str = "image") -> dict[str, float]:
     """Task metric of the recogniser on its view, and PSNR of that view against HR (not for H2T); with
-    ``lpips_net`` (``src.metrics.lpips_network``) also LPIPS of the same pair, with the same crop."""
+    ``lpips_net`` (``src.metrics.lpips_network``) also LPIPS of the same pair, with the same crop.
+
+    A batch on a padded canvas (``Batch.sizes``) is scored per image, padding cut off (``psnr_on: image``),
+    or over the canvas (``canvas``, the official det rule); the recogniser always sees each image cut back."""
     if s.sr is not None:
         s.sr.eval()
     if s.rec is not None:
@@ -108,16 +111,24 @@ def evaluate(s: Setup, loader: DataLoader, device: torch.device, psnr_crop: int,
         batch = to_device(batch, device)
         images = view_images(s, batch)
         if metric is not None:
-            metric.update(s.task.predict(s.rec, images), batch.target)
-        if psnr is not None:
-            psnr.update(images, batch.hr)
-        if lpips is not None:
-            lpips.update(images, batch.hr)
+            metric.update(s.task.predict(s.rec, per_image(images, batch.sizes)), batch.target)
+        pairs = [(images, batch.hr)]
+        if batch.sizes is not None and psnr_on == "image":
+            pairs = [(v[None], h[None]) for v, h in zip(_cut(images, batch.sizes), _cut(batch.hr, batch.sizes))]
+        for view, hr in pairs:
+            if psnr is not None:
+                psnr.update(view, hr)
+            if lpips is not None:
+                lpips.update(view, hr)
     out: dict[str, float] = {}
     for scorer in (metric, psnr, lpips):
         if scorer is not None:
             out.update(scorer.compute())
     return out
+
+
+def _cut(x: torch.Tensor, sizes: list[tuple[int, int]]) -> list[torch.Tensor]:
+    return [x[i, :, :h, :w] for i, (h, w) in enumerate(sizes)]
 
 
 def fit(
@@ -130,11 +141,15 @@ def fit(
     psnr_crop: int = 4,
     callbacks: Sequence[Callback] = (),
     checkpoint: Checkpointing | None = None,
+    linear_warmup: bool = False,
+    psnr_on: str = "image",
 ) -> list[dict[str, float]]:
     """Train for ``epochs``; evaluate after each epoch; return one record per epoch.
 
     A method with TDP (``Method.tdp``) trains its first ``warmup_epochs`` without it; the cosine schedules
-    restart when it switches on (periods [W, E - W], derived here in one place).
+    restart when it switches on (periods [W, E - W], derived in ``src.optim.schedule_periods``). With
+    ``linear_warmup`` (``train.linear_warmup``, the official detection recipe) every optimiser ramps linearly
+    over epoch 1 and the cosine starts with epoch 2.
     With ``checkpoint``, the full training state is saved after every epoch (and every
     ``checkpoint.every_steps`` steps, and on SIGTERM), and a run started again with the same params resumes
     from it and ends with the same weights as an uninterrupted run. A non-finite loss stops training with
@@ -144,14 +159,16 @@ def fit(
     weights; rank 0 alone scores the val split (the others receive its record) and writes checkpoints.
     """
     iters = len(train_loader)
-    periods = [warmup_epochs * iters, (epochs - warmup_epochs) * iters] if warmup_epochs else [epochs * iters]
+    periods = schedule_periods(epochs, iters, warmup_epochs, linear_warmup)
+    ramp = iters if linear_warmup else 0
     schedulers = []
     if s.opt_sr is not None:
-        schedulers.append(cosine_restart(s.opt_sr, periods, s.sr_eta_min))
+        schedulers.append(cosine_restart(s.opt_sr, periods, s.sr_eta_min, ramp))
     if s.opt_rec is not None:
-        schedulers.append(cosine_restart(s.opt_rec, periods, s.rec_eta_min))
-    sampler = getattr(train_loader, "sampler", None)
-    set_epoch = getattr(sampler, "set_epoch", None)  # EpochSampler: the data order is a function of the epoch
+        schedulers.append(cosine_restart(s.opt_rec, periods, s.rec_eta_min, ramp))
+    # EpochSampler (or the GroupedBatchSampler around it): the data order is a function of the epoch
+    set_epoch = getattr(getattr(train_loader, "batch_sampler", None), "set_epoch", None) or \
+        getattr(getattr(train_loader, "sampler", None), "set_epoch", None)
     history: list[dict[str, float]] = []
     start, resumed = 1, None
     if checkpoint is not None and (resumed := ckpt.load(checkpoint)) is not None:
@@ -197,7 +214,7 @@ def fit(
                 raise
             record["time/train_s"] = time.perf_counter() - t0
             if val_loader is not None:  # under torchrun rank 0 scores, the others wait for its numbers
-                val = evaluate(s, val_loader, device, psnr_crop) if distributed.is_main() else None
+                val = evaluate(s, val_loader, device, psnr_crop, psnr_on=psnr_on) if distributed.is_main() else None
                 record.update({f"val/{k}": v for k, v in distributed.broadcast_object(val).items()})
             record["time/epoch_s"] = time.perf_counter() - t0
             history.append(record)

@@ -81,7 +81,9 @@ def load_lpips_vgg(weights: Path) -> nn.Module:
     try:
         state = torch.load(weights, map_location="cpu", weights_only=True)  # old releases are not zip files: no mmap
     except Exception as err:  # noqa: BLE001 - any unreadable file gets the same message
-        raise ValueError(f"{weights}: cannot read it as torchvision VGG16 weights ({err})") from None
+        # torch's message is not passed on: it advises weights_only=False (running the file's code)
+        raise ValueError(f"{weights}: cannot read it as torchvision VGG16 weights ({type(err).__name__}: truncated, "
+                         "corrupt or not a weights-only torch file); delete it and fetch it again") from None
     if not isinstance(state, dict):
         raise ValueError(f"{weights}: expected a state dict, got {type(state).__name__}")
     trunk = net.net.state_dict()  # keys slice<k>.<i>.weight, where i indexes torchvision's vgg16().features

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from src.cqmix import cqmix
 from src.data.dataset import Batch
-from src.steps import Setup, task_loss
+from src.steps import Setup, per_image, task_loss
 from src.optim import optimizer_step
 from src.losses import tdp_loss
 
@@ -42,8 +42,8 @@ def reference_alternate_step(s: Setup, batch: Batch, tdp_on: bool) -> dict[str, 
             p.requires_grad_(False)
         s.rec.eval()
         try:
-            f_sr = s.task.features(s.rec, sr_out)
-            f_hr = s.task.features(s.rec, batch.hr)  # autograd on, as in the official loop
+            f_sr = s.task.features(s.rec, per_image(sr_out, batch.sizes))
+            f_hr = s.task.features(s.rec, per_image(batch.hr, batch.sizes))  # autograd on, as in the official loop
         finally:
             s.rec.train(was_training)
             for p, flag in zip(params, flags):
@@ -57,9 +57,9 @@ def reference_alternate_step(s: Setup, batch: Batch, tdp_on: bool) -> dict[str, 
         sr_out = s.sr(batch.lr)
     sr_out = sr_out.detach()
     mixed = cqmix(sr_out, batch.hr, s.cqmix_grid, cfg.cqmix_p, s.mix_generator)
-    terms["loss_task_sr"] = task_loss(s, sr_out, batch.target)
-    terms["loss_task_hr"] = task_loss(s, batch.hr, batch.target)
-    terms["loss_task_cqmix"] = task_loss(s, mixed, batch.target)
+    terms["loss_task_sr"] = task_loss(s, sr_out, batch)
+    terms["loss_task_hr"] = task_loss(s, batch.hr, batch)
+    terms["loss_task_cqmix"] = task_loss(s, mixed, batch)
     phase2 = cfg.sr_weight * terms["loss_task_sr"] + cfg.hr_weight * terms["loss_task_hr"] + cfg.cqmix_weight * terms["loss_task_cqmix"]
     optimizer_step([s.opt_rec], phase2, "SR4IR phase-2 loss")
     return terms

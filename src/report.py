@@ -278,9 +278,20 @@ def _sr_name(p: Params) -> str:
     return name + (f" from {Path(p.sr.init).name}" if p.sr.init else "")
 
 
+def _hr_sizes(p: Params) -> str:
+    """How the HR images are sized: one square side, or the paper's protocol (short side, crops)."""
+    d = p.data
+    if not d.variable_size:
+        text = f"{d.hr_size} px HR"
+    else:
+        text = f"HR short side {d.image_size} px" if d.image_size else "HR at the source size"
+    crops = [f"{what} crop {n} px" for what, n in (("random train", d.train_crop), ("centre eval", d.eval_crop)) if n]
+    return ", ".join([text, *crops])
+
+
 def _intro(p: Params) -> list[str]:
     return [
-        f"Dataset **{p.data.name}** ({_split_sizes(p)}{p.data.hr_size} px HR), scale **x{p.degrade.scale}** (bicubic, antialias={p.degrade.antialias}), "
+        f"Dataset **{p.data.name}** ({_split_sizes(p)}{_hr_sizes(p)}), scale **x{p.degrade.scale}** (bicubic, antialias={p.degrade.antialias}), "
         f"SR **{_sr_name(p)}**, {p.train.epochs} epochs per method "
         f"(SR pre-training {p.pretrain_sr.epochs}; SR4IR warm-up {p.train.sr4ir.warmup_epochs}), "
         f"TDP weight {p.train.sr4ir.tdp_weight}, CQMix p={p.train.sr4ir.cqmix_p}, seed {p.seed}.",

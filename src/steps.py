@@ -75,8 +75,21 @@ def view_images(s: Setup, batch: Batch) -> torch.Tensor:
     return s.sr(batch.lr)
 
 
-def task_loss(s: Setup, images: torch.Tensor, target: Any) -> torch.Tensor:
-    return weighted_sum(s.task.losses(s.rec, images, target), s.task_loss_weights)
+def per_image(x: torch.Tensor, sizes: list[tuple[int, int]] | None) -> torch.Tensor | list[torch.Tensor]:
+    """What the recogniser takes of a batch of images on a canvas (``Batch.sizes``): ``x`` itself when no
+    image was padded, else each image cut back to its own size: stacked when they share one (an evaluation
+    batch of one), else a list (a detector takes lists). The SR network and the pixel loss see the canvas."""
+    if sizes is None:
+        return x
+    crops = [x[i, :, :h, :w] for i, (h, w) in enumerate(sizes)]
+    if all(c.shape == crops[0].shape for c in crops):
+        return torch.stack(crops)
+    return crops
+
+
+def task_loss(s: Setup, images: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """The weighted task loss of the recogniser on ``images`` (a canvas batch like ``batch.hr``)."""
+    return weighted_sum(s.task.losses(s.rec, per_image(images, batch.sizes), batch.target), s.task_loss_weights)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -94,7 +107,7 @@ def recogniser_step(s: Setup, batch: Batch, tdp_on: bool) -> dict[str, torch.Ten
     """H2T, L2T, S2T: the recogniser alone on its view (a frozen SR makes the S2T view)."""
     with torch.no_grad():
         images = view_images(s, batch)
-    loss = task_loss(s, images, batch.target)
+    loss = task_loss(s, images, batch)
     optimizer_step([s.opt_rec], s.loss.task_weight * loss, "loss_task")
     return {"loss_task": loss}
 
@@ -104,7 +117,7 @@ def sr_via_task_step(s: Setup, batch: Batch, tdp_on: bool) -> dict[str, torch.Te
     sr_out = s.sr(batch.lr)
     pix = F.l1_loss(sr_out, batch.hr)
     with s.task.frozen(s.rec):
-        task = task_loss(s, sr_out, batch.target)
+        task = task_loss(s, sr_out, batch)
     optimizer_step([s.opt_sr], s.loss.pix_weight * pix + s.loss.task_weight * task, "T2S loss", {"loss_pix": pix, "loss_task": task})
     return {"loss_pix": pix, "loss_task": task}
 
@@ -113,7 +126,7 @@ def joint_step(s: Setup, batch: Batch, tdp_on: bool) -> dict[str, torch.Tensor]:
     """S+T: both networks in train mode, one backward through L1 + task loss, both optimisers step."""
     sr_out = s.sr(batch.lr)
     pix = F.l1_loss(sr_out, batch.hr)
-    task = task_loss(s, sr_out, batch.target)
+    task = task_loss(s, sr_out, batch)
     optimizer_step([s.opt_sr, s.opt_rec], s.loss.pix_weight * pix + s.loss.task_weight * task, "S+T loss",
                    {"loss_pix": pix, "loss_task": task})
     return {"loss_pix": pix, "loss_task": task}
@@ -139,7 +152,8 @@ def _memory_format(s: Setup, x: torch.Tensor) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if s.channels_last and x.dim() == 4 else x
 
 
-def _tdp_features(s: Setup, sr_out: torch.Tensor, hr: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+def _tdp_features(s: Setup, sr_out: torch.Tensor, hr: torch.Tensor,
+                  sizes: list[tuple[int, int]] | None = None) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """TDP features of SR (with a graph back to SR) and of HR (a target: no graph), inside ``task.frozen``.
 
     With a batch-independent critic (eval-mode BN, ``Task.frozen``) one forward over ``cat([SR, HR])`` gives
@@ -149,13 +163,13 @@ def _tdp_features(s: Setup, sr_out: torch.Tensor, hr: torch.Tensor) -> tuple[dic
     memory for cls on CUDA). Measured (``python -m src.bench``): ~15% slower on a 2-core CPU, within noise on
     an H200; hence opt-in (``Setup.tdp_batched``).
     """
-    if s.tdp_batched and _batch_independent(s.rec):
+    if s.tdp_batched and _batch_independent(s.rec) and sizes is None:
         b = sr_out.shape[0]
         both = s.task.features(s.rec, torch.cat([sr_out.float(), hr]))
         return {k: v[:b] for k, v in both.items()}, {k: v[b:].detach() for k, v in both.items()}
     with torch.no_grad():  # the HR features are a target: no graph needed
-        f_hr = s.task.features(s.rec, hr)
-    return s.task.features(s.rec, sr_out), f_hr
+        f_hr = s.task.features(s.rec, per_image(hr, sizes))
+    return s.task.features(s.rec, per_image(sr_out, sizes)), f_hr
 
 
 def alternate_step(s: Setup, batch: Batch, tdp_on: bool) -> dict[str, torch.Tensor]:
@@ -174,7 +188,7 @@ def alternate_step(s: Setup, batch: Batch, tdp_on: bool) -> dict[str, torch.Tens
         phase1 = cfg.pix_weight * terms["loss_pix"]
         if tdp_on:
             with s.task.frozen(s.rec):
-                f_sr, f_hr = _tdp_features(s, sr_out, hr_img)
+                f_sr, f_hr = _tdp_features(s, sr_out, hr_img, batch.sizes)
             terms["loss_tdp"] = tdp_loss({k: v.float() for k, v in f_sr.items()}, {k: v.float() for k, v in f_hr.items()}, s.tdp_layers)
             phase1 = phase1 + cfg.tdp_weight * terms["loss_tdp"]
     optimizer_step([s.opt_sr], phase1, "SR4IR phase-1 loss", terms)
@@ -185,14 +199,17 @@ def alternate_step(s: Setup, batch: Batch, tdp_on: bool) -> dict[str, torch.Tens
             with torch.no_grad():
                 sr_out = s.sr(lr_img)
         sr_out = sr_out.detach().float()
+        # The mask covers the whole canvas (the official det rule; cls/seg crops fill theirs), then each image is cut back.
         mixed = _memory_format(s, cqmix(sr_out, hr_img, s.cqmix_grid, cfg.cqmix_p, s.mix_generator))
         if cfg.phase2_batched:  # an approximation: one forward, BatchNorm sees SR, HR and CQMix as one batch
-            terms["loss_task_batched"] = task_loss(s, torch.cat([sr_out, hr_img, mixed]), _repeat(batch.target, 3))
+            tripled = Batch(lr=batch.lr, hr=hr_img, target=_repeat(batch.target, 3),
+                            sizes=None if batch.sizes is None else batch.sizes * 3)
+            terms["loss_task_batched"] = task_loss(s, torch.cat([sr_out, hr_img, mixed]), tripled)
             phase2 = 3 * cfg.sr_weight * terms["loss_task_batched"]  # mean over the three = (L_sr + L_hr + L_mix) / 3
         else:
-            terms["loss_task_sr"] = task_loss(s, sr_out, batch.target)
-            terms["loss_task_hr"] = task_loss(s, hr_img, batch.target)
-            terms["loss_task_cqmix"] = task_loss(s, mixed, batch.target)
+            terms["loss_task_sr"] = task_loss(s, sr_out, batch)
+            terms["loss_task_hr"] = task_loss(s, hr_img, batch)
+            terms["loss_task_cqmix"] = task_loss(s, mixed, batch)
             phase2 = cfg.sr_weight * terms["loss_task_sr"] + cfg.hr_weight * terms["loss_task_hr"] + cfg.cqmix_weight * terms["loss_task_cqmix"]
     optimizer_step([s.opt_rec], phase2, "SR4IR phase-2 loss", terms)
     return terms

@@ -42,7 +42,7 @@ import optuna
 import torch
 import yaml
 
-from src.config import ConfigError, Params, load_params, parse_params
+from src.config import ConfigError, Params, load_params, parse_params, read_params_file
 from src.experiment import TrainResult, train_method
 from src.tasks import TASKS
 from src.tracking import EpochLogger, Tracker
@@ -149,13 +149,28 @@ class Objective:
 def storage_for(url: str, heartbeat: int = 20) -> optuna.storages.BaseStorage:
     """RDB storages get heartbeats: a killed worker's trial (silent for 3 heartbeats) is failed, then retried
     once, when a worker next starts."""
-    if url.startswith(("sqlite", "postgresql", "mysql")):
-        engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
-        return optuna.storages.RDBStorage(
-            url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat, grace_period=3 * heartbeat,
-            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
-        )
-    return optuna.storages.get_storage(url)
+    try:
+        if url.startswith(("sqlite", "postgresql", "mysql")):
+            engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
+            return optuna.storages.RDBStorage(
+                url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat, grace_period=3 * heartbeat,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
+            )
+        return optuna.storages.get_storage(url)
+    except Exception as err:  # noqa: BLE001 - SQLAlchemy, a missing driver, a bad URL: one line, not a traceback
+        first = next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)
+        raise ConfigError(f"--storage {_shown(url)}: cannot open the Optuna storage ({type(err).__name__}: "
+                          f"{first.strip()}); check the URL, the database server and its driver") from None
+
+
+def _shown(url: str) -> str:
+    """The storage URL without a password (``user:secret@host`` -> ``user:***@host``)."""
+    head, sep, tail = url.rpartition("@")
+    if not sep or "://" not in head:
+        return url
+    scheme, _, creds = head.partition("://")
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{tail}" if ":" in creds else url
 
 
 def open_study(name: str, storage: optuna.storages.BaseStorage, params: Params, n_objectives: int) -> optuna.Study:
@@ -340,10 +355,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    raw = yaml.safe_load(args.params.read_text())
+    raw = read_params_file(args.params)  # as DVC and load_params read it
     objectives = args.objectives.split(",")
     name = args.study_name or f"sr4ir-{args.task}-x{params.degrade.scale}-{params.data.name}" + ("-mo" if len(objectives) == 2 else "")
-    study = open_study(name, storage_for(args.storage, args.heartbeat), params, len(objectives))
+    try:
+        storage = storage_for(args.storage, args.heartbeat)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    study = open_study(name, storage, params, len(objectives))
     tracker = Tracker("sr4ir-tune", enabled=not args.no_mlflow and args.n_trials > 0)
     study_tags = {"optuna.study_name": name, "optuna.storage": args.storage.split("@")[-1]}
     parent = tracker.find_run(study_tags) if args.worker else None

@@ -39,3 +39,12 @@ def tiny_data(tmp_path_factory, tiny_params) -> tuple[Path, Path]:
     prepare_dataset(tiny_params.data, raw)
     degrade_folder(raw, lr, tiny_params.degrade)
     return raw, lr
+
+
+@pytest.fixture(scope="session")
+def tiny_study(tmp_path_factory) -> Path:
+    """A copy of the repository with tiny params after one full `dvc repro`, built once per session
+    (tests/test_pipeline_e2e.py edits it in place; tests/test_nothing_lost.py copies it first)."""
+    from tests.test_pipeline_e2e import build_tiny_study
+
+    return build_tiny_study(tmp_path_factory.mktemp("proj") / "repo")

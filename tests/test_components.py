@@ -7,7 +7,7 @@ import torch
 
 from src.config import ClsConfig, SRConfig
 from src.cqmix import cqmix, cqmix_mask
-from src.optim import cosine_restart
+from src.optim import cosine_restart, schedule_periods
 from src.experiment import load_state
 from src.losses import tdp_loss
 from src.metrics import PSNR
@@ -112,18 +112,63 @@ def test_weighted_sum_is_strict_about_names():
         weighted_sum(terms, {"loss_ce": 1.0, "loss_aux": 0.5, "loss_typo": 1.0})
 
 
-def test_cosine_restart_restarts_at_the_warmup_boundary():
-    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
-    sched = cosine_restart(opt, [4, 8], eta_min=0.0)
-    lrs = []
-    for _ in range(14):
-        lrs.append(opt.param_groups[0]["lr"])
+def _lrs(sched_opt, n):
+    sched, opt = sched_opt
+    out = []
+    for _ in range(n):
+        out.append([g["lr"] for g in opt.param_groups])
         opt.step()
         sched.step()
-    assert lrs[0] == 1.0 and math.isclose(lrs[2], 0.5, abs_tol=1e-9)  # half-way through period 1
-    assert lrs[4] == 1.0  # restart when TDP switches on
-    assert math.isclose(lrs[8], 0.5, abs_tol=1e-9)
-    assert lrs[12] == 0.0 and lrs[13] == 0.0  # past the end: stays at eta_min instead of crashing
+    return out
+
+
+def _basicsr(t, periods, base, eta_min):
+    """BasicSR's CosineAnnealingRestartLR.get_lr, transcribed from its formula (unit restart weights)."""
+    cumulative = [sum(periods[: i + 1]) for i in range(len(periods))]
+    idx = next(i for i, c in enumerate(cumulative) if t <= c)  # BasicSR: ``iteration <= period``
+    restart = 0 if idx == 0 else cumulative[idx - 1]
+    return eta_min + 0.5 * (base - eta_min) * (1 + math.cos(math.pi * (t - restart) / periods[idx]))
+
+
+def test_cosine_restart_is_basicsr_iteration_for_iteration():
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    lrs = [lr[0] for lr in _lrs((cosine_restart(opt, [4, 8], eta_min=0.01), opt), 14)]
+    for t in range(13):
+        assert math.isclose(lrs[t], _basicsr(t, [4, 8], 1.0, 0.01), rel_tol=1e-12), t
+    assert lrs[0] == 1.0 and math.isclose(lrs[2], 0.505, abs_tol=1e-12)  # half-way through cycle 1
+    assert math.isclose(lrs[4], 0.01, rel_tol=1e-12)  # t = P1 still belongs to cycle 1: eta_min, not a restart
+    assert 0.95 < lrs[5] < 1.0  # the restart: the first iteration of cycle 2 (TDP on) at just under the base lr
+    assert math.isclose(lrs[12], 0.01) and math.isclose(lrs[13], 0.01)  # past the end: stays at eta_min
+
+
+def test_each_param_group_anneals_from_its_own_lr_to_eta_min():
+    """The seg aux head's 10x group: base 0.2 -> 1e-4 on the same schedule as the 0.02 group."""
+    a, b = torch.zeros(1, requires_grad=True), torch.zeros(1, requires_grad=True)
+    opt = torch.optim.SGD([{"params": [a]}, {"params": [b], "lr": 0.2}], lr=0.02)
+    lrs = _lrs((cosine_restart(opt, [10], eta_min=1e-4), opt), 11)
+    for t, (lo, hi) in enumerate(lrs):
+        assert math.isclose(lo, _basicsr(t, [10], 0.02, 1e-4), rel_tol=1e-12)
+        assert math.isclose(hi, _basicsr(t, [10], 0.2, 1e-4), rel_tol=1e-12)
+    assert math.isclose(lrs[10][1], 1e-4, rel_tol=1e-9)
+
+
+def test_linear_warmup_ramps_epoch_one_then_starts_the_cosine():
+    """The official det recipe: LinearLR(1/N, total_iters=N) over epoch 1, the cosine not stepped meanwhile."""
+    n = 5  # iterations per epoch
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.02)
+    periods = schedule_periods(epochs=4, iters=n, restart_epoch=3, linear_warmup=True)
+    assert periods == [2 * n, 1 * n]  # SR4IR: [W - 1, E - W] epochs (the det configs' [2, 27] for W 3, E 30)
+    lrs = [lr[0] for lr in _lrs((cosine_restart(opt, periods, 1e-4, warmup_iters=n), opt), 4 * n)]
+    torch_ramp = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.02)
+    linear = torch.optim.lr_scheduler.LinearLR(torch_ramp, start_factor=1 / n, total_iters=n)
+    expected = [lr[0] for lr in _lrs((linear, torch_ramp), n)]
+    for k in range(n):
+        assert math.isclose(lrs[k], expected[k], rel_tol=1e-9), k
+    assert math.isclose(lrs[0], 0.02 / n)
+    for t in range(3 * n):  # epochs 2..4: the cosine from its iteration 0
+        assert math.isclose(lrs[n + t], _basicsr(t, periods, 0.02, 1e-4), rel_tol=1e-12), t
+    assert schedule_periods(30, 10, 0, linear_warmup=True) == [300]  # one cycle keeps E epochs: ends above eta_min
+    assert schedule_periods(6, 10, 2) == [20, 40] and schedule_periods(6, 10, 0) == [60]
 
 
 def test_saved_weights_are_the_same_bytes_every_time_and_nothing_else_is_left(tmp_path):

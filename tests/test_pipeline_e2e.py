@@ -51,10 +51,9 @@ def _dvc(*args: str, cwd: Path, **extra: str) -> str:
     return _run([sys.executable, "-m", "dvc", *args], cwd, **extra)
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory) -> Path:
-    """A copy of the repository with tiny params, after one full `dvc repro`."""
-    dest = tmp_path_factory.mktemp("proj") / "repo"
+def build_tiny_study(dest: Path) -> Path:
+    """A copy of the repository at ``dest`` with tiny params, after one full `dvc repro` (conftest's
+    session fixture ``tiny_study`` builds it once for every slow test)."""
     shutil.copytree(ROOT, dest, ignore=SKIP)
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     for section, values in TINY.items():
@@ -73,6 +72,12 @@ def project(tmp_path_factory) -> Path:
     # As `make repro`: stages forked from the warm server, one key for the pipeline run.
     _run([sys.executable, "-m", "pipeline.warm", sys.executable, "-m", "dvc", "repro"], dest, SR4IR_PIPELINE_RUN=FIRST_KEY)
     return dest
+
+
+@pytest.fixture(scope="module")
+def project(tiny_study) -> Path:
+    """The shared tiny study; the tests below edit it in place (tests/test_nothing_lost.py works on copies)."""
+    return tiny_study
 
 
 @pytest.mark.slow

@@ -39,7 +39,7 @@ def test_a_published_setting_gets_its_own_numbers_and_lpips():
     md = render_markdown(params, [("seg", df, ordering_check(df, "miou"), {})], {})
     assert "Paper columns: VOC2012, x8, EDSR-baseline." in md and "another setting" not in md
     assert "| SR4IR | **56.0** | 25.00 | 0.400 | 55.0 | 0.380 |" in md
-    assert "Dataset **voc** (480 px HR)" in md and "edsr 16x64 from edsr_baseline_x8.pt" in md
+    assert "Dataset **voc** (HR short side 520 px, random train crop 480 px)" in md and "edsr 16x64 from edsr_baseline_x8.pt" in md
 
 
 def test_any_other_setting_is_compared_for_orderings_only():

@@ -17,17 +17,24 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from src.data.degrade import read_rgb
+from src.config import DegradeConfig
+from src.data.degrade import degrade, read_rgb
+from src.data.images import ImageError, decode_rgb
 from src.data.targets import Targets, targets_for
+from src.data.grouping import GroupedBatchSampler, aspect_ratio_groups
+from src.data.transforms import SampleView, canvas_size, crop, pad_to, round_up, split_views
 from src.errors import DataError
 from src.tasks.base import Task
+
+if TYPE_CHECKING:
+    from src.config import Params
 
 log = logging.getLogger(__name__)
 
@@ -49,20 +56,27 @@ def _check_mode(mode: str) -> None:
 @dataclass
 class Batch:
     lr: torch.Tensor  # (B, 3, h, w) in [0, 1], 8-bit levels
-    hr: torch.Tensor  # (B, 3, s*h, s*w) in [0, 1]
+    hr: torch.Tensor  # (B, 3, s*h, s*w) in [0, 1]: the images, or the canvas they were padded to (``sizes``)
     target: Any  # what the targets of the task collate (src/data/targets.py); read only by the Task
+    # Each image's (H, W) on the canvas when some were padded (its top-left corner); None when every image
+    # fills ``hr``. ``src.steps.per_image`` cuts the canvas back to the images.
+    sizes: list[tuple[int, int]] | None = None
 
 
 class PairedDataset(Dataset):
-    """HR images from ``raw/<split>/images``, LR twins from ``lr/<split>``, targets of the task's ``target_kind``."""
+    """HR images from ``raw/<split>/images``, their LR (from ``lr/<split>`` or degraded here), targets of the
+    task's ``target_kind``; each sample cropped and flipped as ``view`` says (``src.data.transforms``)."""
 
-    def __init__(self, raw: Path, lr: Path, split: str, task: Task | None, hflip: bool = False, fraction: float = 1.0,
-                 on_bad_sample: str = "error"):
+    def __init__(self, raw: Path, lr: Path, split: str, task: Task | None, view: SampleView = SampleView(),
+                 fraction: float = 1.0, on_bad_sample: str = "error", degrade: DegradeConfig | None = None,
+                 lr_on_disk: bool = True, variable_size: bool = False):
         """``task=None`` gives image pairs only (SR pre-training): targets are ``None``.
 
         ``fraction`` keeps a fixed prefix of the split (its order is already random), for short tuning runs.
         ``on_bad_sample`` (``data.on_bad_sample``) is ``"error"`` or ``"skip"``; skipped samples are listed in
-        ``self.skipped`` as (file, problem).
+        ``self.skipped`` as (file, problem). ``degrade`` makes the LR of what the disk has no LR of (a crop, a
+        flipped image, a batch's canvas); ``lr_on_disk=False``: the degrade stage wrote none for this split.
+        ``variable_size``: the split's images may differ in size (``data.resize: short_side``).
         """
         _check_mode(on_bad_sample)
         self.hr_dir, self.lr_dir = raw / split / "images", lr / split
@@ -71,9 +85,11 @@ class PairedDataset(Dataset):
             names = names[: max(1, round(fraction * len(names)))]
         if not names:
             raise FileNotFoundError(f"{self.hr_dir}: the '{split}' split is empty (no PNG images)")
-        if not self.lr_dir.is_dir():
+        if lr_on_disk and not self.lr_dir.is_dir():
             raise FileNotFoundError(f"{self.lr_dir}: missing (run the degrade stage first)")
-        self.hflip = hflip
+        if degrade is None and (view.hflip or view.crop or not lr_on_disk or variable_size):
+            raise ValueError("a dataset that crops, flips, pads or has no LR on disk needs the degrade settings")
+        self.view, self.degrade_cfg, self.lr_on_disk, self.variable_size = view, degrade, lr_on_disk, variable_size
         self.target_io: Targets | None = targets_for(task) if task is not None else None
 
         problems = self._check_images(names)
@@ -98,6 +114,7 @@ class PairedDataset(Dataset):
             raise DataError(f"{self.hr_dir}: all {len(names)} '{split}' samples are bad, nothing left to load "
                             f"(first: {self.skipped[0][0]}: {self.skipped[0][1]})")
         self.targets = [targets[n] for n in self.names] if task is not None else [None] * len(self.names)
+        self.sizes = [self._hr_sizes[n] for n in self.names]  # (H, W) of each stored HR image
 
     def _check_images(self, names: Sequence[str]) -> dict[str, tuple[str, str]]:
         """The first problem of each bad sample's images, by name: (file, problem)."""
@@ -120,6 +137,10 @@ class PairedDataset(Dataset):
             else:
                 hr_sizes[n] = (arr.shape[1], arr.shape[0])
                 keep(n, arr)
+        self._hr_sizes = {n: (w_h[1], w_h[0]) for n, w_h in hr_sizes.items()}
+        if not self.lr_on_disk:
+            self._pixels = {n: (v[0], None) for n, v in pixels.items()} if budget >= 0 else {}
+            return problems
         lr_sizes: dict[str, tuple[int, int]] = {}
         scales: dict[str, int | None] = {}
         for n in hr_sizes:
@@ -135,6 +156,13 @@ class PairedDataset(Dataset):
         self._pixels = {n: (v[0], v[1]) for n, v in pixels.items() if len(v) == 2} if budget >= 0 else {}
         if not hr_sizes:
             return problems
+        if self.variable_size:  # each image has its own size: its LR is that of its evaluation view
+            for n, size in hr_sizes.items():
+                if n not in problems and lr_sizes.get(n) != (want := self._lr_size_of(size)):
+                    problems[n] = (str(self.lr_dir / f"{n}.png"), f"LR image is {_wxh(lr_sizes[n])}, not the "
+                                   f"{_wxh(want)} that degrade.scale {self.degrade_cfg.scale} gives of HR {_wxh(size)} "
+                                   "(rerun the degrade stage)")
+            return problems
         # The split has one HR size (a batch stacks its images) and one scale: take the most common ones.
         hr_size = Counter(hr_sizes.values()).most_common(1)[0][0]
         valid = [k for k in scales.values() if k]
@@ -147,37 +175,74 @@ class PairedDataset(Dataset):
                 problems[n] = (str(hr), f"image is {_wxh(size)}, smaller than the split's scale factor {scale}")
             elif size != hr_size:
                 problems[n] = (str(hr), f"image is {_wxh(size)} but the split's images are {_wxh(hr_size)} "
-                                        "(a batch needs one size; the pipeline does not crop)")
-            elif scales[n] is None:
+                                        "(a batch needs one size; data.resize: short_side keeps each image's size)")
+            elif scales[n] is None and not self.view.crop:
                 problems[n] = (str(lr), f"LR image is {_wxh(lr_sizes[n])}, not the HR size {_wxh(size)} "
                                         "divided by an integer scale")
-            elif scales[n] != scale:
+            elif scales[n] != scale and not self.view.crop:
                 problems[n] = (str(lr), f"LR image is {_wxh(lr_sizes[n])} = HR {_wxh(size)} / {scales[n]}, "
                                         f"but the split's scale is {scale}")
         return problems
 
+    def _lr_size_of(self, wh: tuple[int, int]) -> tuple[int, int]:
+        """(W, H) of the LR the degrade stage writes for a stored HR of (W, H): its view, padded to the scale."""
+        w, h = wh
+        if self.view.crop:
+            w = h = self.view.crop
+        s = self.degrade_cfg.scale
+        return round_up(w, s) // s, round_up(h, s) // s
+
     def __len__(self) -> int:
         return len(self.names)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, Any]:
+    def _read(self, i: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         name = self.names[i]
         if name in self._pixels:
-            hr, lr = (torch.from_numpy(a).permute(2, 0, 1).float() / 255.0 for a in self._pixels[name])
-        else:
-            hr = read_rgb(self.hr_dir / f"{name}.png")  # a file changed since the check: a ValueError naming it
-            lr = read_rgb(self.lr_dir / f"{name}.png")
-        if lr.shape[-2] * (hr.shape[-1] // max(lr.shape[-1], 1)) != hr.shape[-2]:
+            hr_arr, lr_arr = self._pixels[name]
+            hr = torch.from_numpy(hr_arr).permute(2, 0, 1).float() / 255.0
+            lr = torch.from_numpy(lr_arr).permute(2, 0, 1).float() / 255.0 if lr_arr is not None else None
+            return hr, lr
+        hr = read_rgb(self.hr_dir / f"{name}.png")  # a file changed since the check: a ValueError naming it
+        lr = read_rgb(self.lr_dir / f"{name}.png") if self.lr_on_disk else None
+        if lr is not None and not self.variable_size and not self.view.crop and \
+                lr.shape[-2] * (hr.shape[-1] // max(lr.shape[-1], 1)) != hr.shape[-2]:
             raise ValueError(f"{self.lr_dir / name}.png: LR size {tuple(lr.shape[-2:])} does not match HR {tuple(hr.shape[-2:])}")
+        return hr, lr
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor | None, torch.Tensor, Any]:
+        """(LR or None, HR, target): the LR is None when the collate must degrade the batch's canvas."""
+        hr, lr = self._read(i)
         target = self.targets[i]
-        # Bicubic downscaling by an integer factor commutes with a horizontal flip, so flipping both stays consistent.
-        if self.hflip and torch.rand(()) < 0.5:
-            hr, lr = hr.flip(-1), lr.flip(-1)
+        win = self.view.window(*hr.shape[-2:])
+        if win is not None:  # the crop's LR is that crop degraded (the disk's LR, if any, is the eval view's)
+            hr = crop(hr, win, fill=0.0)
+            target = self.target_io.crop(target, win) if self.target_io else None
+            lr = lr if not self.view.random_crop else None
+        if self.view.hflip and torch.rand(()) < 0.5:
+            # The LR of the flipped image is the flipped image degraded: bicubic + rounding does not commute
+            # with a flip exactly (a few uint8 levels in 10^4 differ at x4).
+            hr, lr = hr.flip(-1), None
             target = self.target_io.hflip(target, hr.shape[-1]) if self.target_io else None
+        s = self.degrade_cfg.scale if self.degrade_cfg else 1
+        if lr is None and not hr.shape[-1] % s and not hr.shape[-2] % s:
+            lr = degrade(hr[None], self.degrade_cfg)[0]
         return lr, hr, target
 
-    def collate(self, samples: list[tuple[torch.Tensor, torch.Tensor, Any]]) -> Batch:
+    def collate(self, samples: list[tuple[torch.Tensor | None, torch.Tensor, Any]]) -> Batch:
         lrs, hrs, targets = zip(*samples)
-        return Batch(lr=torch.stack(lrs), hr=torch.stack(hrs), target=self.target_io.collate(list(targets)) if self.target_io else None)
+        target = self.target_io.collate(list(targets)) if self.target_io else None
+        sizes = [tuple(h.shape[-2:]) for h in hrs]
+        s = self.degrade_cfg.scale if self.degrade_cfg else 1
+        height, width = canvas_size(sizes, s) if self.degrade_cfg else sizes[0]
+        if all(size == (height, width) for size in sizes) and all(lr is not None for lr in lrs):
+            return Batch(lr=torch.stack(lrs), hr=torch.stack(hrs), target=target)
+        canvas = torch.stack([pad_to(h, height, width, self.view.pad) for h in hrs])
+        lr_size = (height // s, width // s)
+        if all(lr is not None and tuple(lr.shape[-2:]) == lr_size for lr in lrs):
+            lr = torch.stack(lrs)  # precomputed on this canvas (a batch of one, or images of one size)
+        else:
+            lr = degrade(canvas, self.degrade_cfg)
+        return Batch(lr=lr, hr=canvas, target=target, sizes=sizes)
 
 
 def _decode(path: Path) -> np.ndarray | str:
@@ -186,14 +251,11 @@ def _decode(path: Path) -> np.ndarray | str:
     ``Image.verify`` misses a truncated pixel stream; a full decode does not (~0.1 ms for a 64-px PNG).
     """
     try:
-        if path.stat().st_size == 0:
-            return "cannot decode image (empty file, 0 bytes)"
-        with Image.open(path) as im:
-            return np.array(im.convert("RGB"))
+        return decode_rgb(path)  # the one decoding policy (modes, 16 bit, alpha): src/data/images.py
     except FileNotFoundError:
         return "missing"
-    except _IMAGE_ERRORS as err:
-        return f"cannot decode image (truncated or corrupt: {err})"
+    except ImageError as err:
+        return err.problem
 
 
 def _integer_scale(hr: tuple[int, int], lr: tuple[int, int]) -> int | None:
@@ -311,20 +373,32 @@ class EpochSampler(Sampler[int]):
 
 
 def make_loader(ds: PairedDataset, batch_size: int, train: bool, num_workers: int, seed: int = 0,
-                rank: int = 0, world: int = 1) -> DataLoader:
+                rank: int = 0, world: int = 1, aspect_groups: int = 0) -> DataLoader:
     """Training loaders shuffle with an ``EpochSampler`` seeded by ``seed``; evaluation loaders keep order.
 
     ``batch_size`` is the global batch: with ``world`` processes a training loader yields this ``rank``'s
-    ``batch_size / world`` share of each global batch (``EpochSampler``)."""
+    ``batch_size / world`` share of each global batch (``EpochSampler``). ``aspect_groups`` k > 0 batches
+    training images of similar aspect ratio (``src.data.grouping``), each rank within its own share."""
     sampler = EpochSampler(len(ds), seed, batch_size, rank, world) if train else None
+    per_rank = batch_size // world if train else batch_size
+    batching: dict[str, Any] = {"batch_size": per_rank, "sampler": sampler, "drop_last": False}
+    if train and aspect_groups:
+        groups = aspect_ratio_groups(ds.sizes, aspect_groups)
+        batching = {"batch_sampler": GroupedBatchSampler(sampler, groups, per_rank)}
     return DataLoader(
         ds,
-        batch_size=batch_size // world if train else batch_size,
-        sampler=sampler,
-        drop_last=False,
+        **batching,
         num_workers=num_workers,
         collate_fn=ds.collate,
         generator=sampler.loader_generator if sampler is not None else None,
         pin_memory=torch.cuda.is_available(),
         persistent_workers=num_workers > 0,
     )
+
+
+def split_dataset(params: "Params", raw: Path, lr: Path, split: str, task: Task | None,
+                  fraction: float = 1.0) -> PairedDataset:
+    """The ``split`` of the study's dataset as ``params.data`` has its loader show it (views, LR source)."""
+    data = params.data
+    return PairedDataset(raw, lr, split, task, split_views(data)[split], fraction, data.on_bad_sample,
+                         degrade=params.degrade, lr_on_disk=data.lr_on_disk[split], variable_size=data.variable_size)

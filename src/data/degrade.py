@@ -11,6 +11,8 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from src.config import DegradeConfig
+from src.data.images import decode_rgb
+from src.data.transforms import SampleView, eval_view_lr_input
 from src.utils import atomic_path, progress
 
 log = logging.getLogger(__name__)
@@ -30,15 +32,10 @@ def degrade(hr: torch.Tensor, cfg: DegradeConfig) -> torch.Tensor:
 
 
 def read_rgb(path: Path) -> torch.Tensor:
-    """(3, H, W) float in [0, 1]; a clear error naming the file when it cannot be decoded."""
-    try:
-        with Image.open(path) as im:
-            arr = np.asarray(im.convert("RGB"))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: image missing") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:  # unknown format, truncated data
-        raise ValueError(f"{path}: cannot decode image (truncated or corrupt: {err})") from None
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1).float() / 255.0
+    """(3, H, W) float in [0, 1]; a clear error (an ``ImageError``, a ``ValueError``) naming the file when it
+    cannot be decoded. The decoding policy (modes, 16 bit, alpha) is ``src/data/images.py``'s."""
+    arr = decode_rgb(path)
+    return torch.from_numpy(arr).permute(2, 0, 1).float() / 255.0
 
 
 def write_rgb(img: torch.Tensor, path: Path) -> None:
@@ -48,24 +45,33 @@ def write_rgb(img: torch.Tensor, path: Path) -> None:
 
 
 def degrade_folder(raw: Path, out: Path, cfg: DegradeConfig, splits: tuple[str, ...] = ("train", "val"),
-                   strict: bool = False) -> int:
+                   strict: bool = False, views: dict[str, SampleView] | None = None) -> int:
     """Write ``out/<split>/<id>.png`` for every ``raw/<split>/images/<id>.png``; return the image count.
 
-    An HR image that cannot be decoded or degraded gets no LR twin and one warning line (``strict``: an
-    error naming it instead); the dataset then reports or skips it, as ``data.on_bad_sample`` says.
+    The LR is that of the image as the split's loader shows it (``views``, ``src.data.transforms.split_views``):
+    its centre crop if the view has one, padded right/bottom to a multiple of the scale (a batch of one's
+    canvas), then degraded. An HR image that cannot be decoded or degraded gets no LR twin and one warning
+    line (``strict``: an error naming it instead); the dataset then reports or skips it, as
+    ``data.on_bad_sample`` says.
     """
     count = 0
     bad: list[str] = []
+    views = views or {}
     with atomic_path(out) as tmp:
+        tmp.mkdir(parents=True)
         for split in splits:
             src_dir = raw / split / "images"
             files = sorted(src_dir.glob("*.png"))
             if not files:
                 raise FileNotFoundError(f"{src_dir}: no PNG images (run the download stage first)")
             (tmp / split).mkdir(parents=True)
+            view = views.get(split)
             for f in progress(files, desc=f"degrade {split}"):
                 try:
-                    lr = degrade(read_rgb(f)[None], cfg)[0]
+                    hr = read_rgb(f)
+                    if view is not None:
+                        hr = eval_view_lr_input(hr, view, cfg.scale)
+                    lr = degrade(hr[None], cfg)[0]
                 except ValueError as err:
                     msg = str(err) if str(err).startswith(str(f)) else f"{f}: {err}"
                     if strict:

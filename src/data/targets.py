@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from src.data.transforms import Window, crop
+
 IGNORE = 255  # mask value for "not scored" (the segmentation loss and metric skip it)
 
 
@@ -32,6 +34,9 @@ class Targets(Protocol):
     def collate(self, targets: list[Any]) -> Any: ...
     def hflip(self, target: Any, width: int) -> Any:
         """``target`` for the image flipped left to right (``width``: the image's width in pixels)."""
+        ...
+    def crop(self, target: Any, win: Window) -> Any:
+        """``target`` for the window ``win`` of its image (padded right/bottom where the image is smaller)."""
         ...
 
 
@@ -76,6 +81,9 @@ class LabelTargets:
         return torch.tensor(targets, dtype=torch.long)
 
     def hflip(self, target: int, width: int) -> int:
+        return target
+
+    def crop(self, target: int, win: Window) -> int:
         return target
 
 
@@ -132,6 +140,9 @@ class MaskTargets:
 
     def hflip(self, target: Any, width: int) -> torch.Tensor:
         return self.read(target).flip(-1)
+
+    def crop(self, target: Any, win: Window) -> torch.Tensor:
+        return crop(self.read(target), win, fill=IGNORE)  # padding is not scored
 
 
 class BoxTargets:
@@ -196,6 +207,16 @@ class BoxTargets:
         boxes = target["boxes"].clone()
         boxes[:, [0, 2]] = width - target["boxes"][:, [2, 0]]
         return {**target, "boxes": boxes}
+
+    def crop(self, target: dict[str, torch.Tensor], win: Window) -> dict[str, torch.Tensor]:
+        """Boxes shifted into the window and clipped to it; those left under 1 px wide or high are dropped."""
+        boxes = target["boxes"] - torch.tensor([win.left, win.top, win.left, win.top], dtype=torch.float32)
+        boxes[:, 0::2] = boxes[:, 0::2].clamp(0, win.width)
+        boxes[:, 1::2] = boxes[:, 1::2].clamp(0, win.height)
+        keep = ((boxes[:, 2] - boxes[:, 0]) >= 1) & ((boxes[:, 3] - boxes[:, 1]) >= 1)
+        area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+        return {**target, "boxes": boxes[keep], "labels": target["labels"][keep], "area": area[keep],
+                "iscrowd": target["iscrowd"][keep]}
 
 
 TARGETS: dict[str, type[LabelTargets] | type[MaskTargets] | type[BoxTargets]] = {

@@ -33,6 +33,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from src.errors import DataError
+
 # Preferred container keys, in order (params_ema before params, as BasicSR's own loader recommends).
 _CONTAINER_KEYS = ("params_ema", "params", "net_sr", "network_sr", "state_dict", "model", "net", "network")
 _STRIP_PREFIXES = ("module.", "_orig_mod.")
@@ -111,13 +113,26 @@ def _bare(net: nn.Module) -> nn.Module:
             return net
 
 
+def read_weights(path: Path | str, fix: str) -> Any:
+    """``torch.load(path, weights_only=True)``; a file torch cannot read (truncated, corrupt, not a weights file,
+    or pickling code) is a one-line ``DataError`` naming it and ``fix``. Torch's own message is not passed on:
+    it advises ``weights_only=False``, which would run whatever code the file holds."""
+    path = Path(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError, AttributeError, TypeError,
+            IndexError, KeyError, ImportError) as err:
+        raise DataError(f"{path}: cannot be read as weights ({type(err).__name__}: the file is truncated, corrupt "
+                        f"or not a weights-only torch file); {fix}") from None
+
+
 def _read(path_or_state: Any) -> tuple[Any, str]:
     if isinstance(path_or_state, (str, PathLike)):
         path = Path(path_or_state)
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True), str(path)
-        except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
-            raise ValueError(f"{path}: cannot read it as a weights-only torch checkpoint: {e}") from e
+        return read_weights(path, "delete it (a known release is then downloaded again) or replace it with the "
+                                  "release file"), str(path)
     if isinstance(path_or_state, Mapping):
         return path_or_state, "<state dict>"
     raise TypeError(f"expected a path or a state dict, got {type(path_or_state).__name__}")

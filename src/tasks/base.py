@@ -37,6 +37,10 @@ class Task(Protocol):
     num_classes: int
 
     def build_model(self) -> nn.Module: ...
+    def param_groups(self, model: nn.Module) -> list[dict]:
+        """The optimiser's parameter groups of ``model``'s trainable parameters: ``{"params": [...]}``, with
+        ``"lr_mult"`` where a group trains at a multiple of the task's ``optim.lr``."""
+        ...
     def losses(self, model: nn.Module, images: torch.Tensor, target: Any) -> dict[str, torch.Tensor]:
         """Named, unweighted loss terms; weights from params are applied once by the caller."""
         ...
@@ -83,6 +87,20 @@ def frozen_critic(model: nn.Module) -> Iterator[None]:
         for p, flag in zip(model.parameters(), flags):
             p.requires_grad_(flag)
         model.train(was_training)
+
+
+def trainable_groups(model: nn.Module, mults: Mapping[str, float] | None = None) -> list[dict]:
+    """One group of every trainable parameter, except those under a submodule prefix of ``mults`` (e.g.
+    ``{"net.aux_classifier": 10.0}``), which get a group of their own with that ``lr_mult``."""
+    mults = dict(mults or {})
+    groups: dict[str, list[nn.Parameter]] = {"": []} | {k: [] for k in mults}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            prefix = next((k for k in mults if name.startswith(k + ".")), "")
+            groups[prefix].append(p)
+    out = [{"params": groups[""]}]
+    out += [{"params": groups[k], "lr_mult": m} for k, m in mults.items() if groups[k]]
+    return out
 
 
 def weighted_sum(terms: Mapping[str, torch.Tensor], weights: Mapping[str, float]) -> torch.Tensor:

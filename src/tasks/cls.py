@@ -11,7 +11,7 @@ import torchvision
 from torch import nn
 
 from src.config import ClsConfig
-from src.tasks.base import Normalize, frozen_critic, imagenet_weights_error
+from src.tasks.base import Normalize, frozen_critic, imagenet_weights_error, trainable_groups
 
 _STAGES = ("layer1", "layer2", "layer3", "layer4")
 
@@ -47,6 +47,9 @@ class ClassificationTask:
 
     def __init__(self, cfg: ClsConfig, num_classes: int):
         self.cfg, self.num_classes = cfg, num_classes  # layer and loss-term names: checked by ClsConfig
+
+    def param_groups(self, model: nn.Module) -> list[dict]:
+        return trainable_groups(model)
 
     def build_model(self) -> nn.Module:
         weights = None

@@ -6,7 +6,8 @@ dict is the task's named loss terms, and the metric is pycocotools' COCOeval. Tw
 torchvision's defaults, on purpose:
 
 * the detector's transform never resizes (unless ``det.min_size`` asks for it): the SR output reaches
-  the detector at the size it was produced, and SR and HR features stay aligned for the TDP loss;
+  the detector at the size it was produced; the TDP features come from the same transformed batch the
+  heads see (with ``min_size`` 800: the resized one, as the official code);
 * as a frozen critic (T2S, SR4IR phase 1) the backbone runs in eval mode (BN running statistics) while
   the RPN and box heads still compute their training losses, which torchvision only does in train mode.
 """
@@ -31,7 +32,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from src.config import DetConfig
-from src.tasks.base import IMAGENET_MEAN, IMAGENET_STD, Normalize, frozen_critic, imagenet_weights_error, set_bn_momentum
+from src.tasks.base import IMAGENET_MEAN, IMAGENET_STD, frozen_critic, imagenet_weights_error, set_bn_momentum, trainable_groups
 
 ROI_SIZE = 7  # torchvision's box RoIAlign output
 FROZEN_BEFORE = 7  # with ImageNet weights, features[:7] stay frozen (torchvision's trainable_layers=3)
@@ -45,18 +46,20 @@ class KeepSizeTransform(GeneralizedRCNNTransform):
 
 
 class Detector(nn.Module):
-    """A torchvision Faster R-CNN that takes a (B, 3, H, W) batch in [0, 1]."""
+    """A torchvision Faster R-CNN that takes a (B, 3, H, W) batch in [0, 1], or a list of (3, H, W) images."""
 
     def __init__(self, net: FasterRCNN):
         super().__init__()
         self.net = net
-        self.normalize = Normalize()
 
-    def forward_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        # FPN levels {'0', '1', ..., 'pool'}: (B, C_fpn, H/stride, W/stride); the heads are not run.
-        return dict(self.net.backbone(self.normalize(x)))
+    def forward_features(self, images: torch.Tensor | list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """FPN levels {'0', '1', ..., 'pool'} of the batch the detector's own transform makes of ``images``
+        (resized when ``det.min_size`` > 0, normalised, padded to a multiple of 32): the features its
+        forward computes, as the official TDP loss takes them. The heads are not run."""
+        batch, _ = self.net.transform(list(images))
+        return dict(self.net.backbone(batch.tensors))
 
-    def forward(self, images: torch.Tensor, targets: list[dict[str, torch.Tensor]] | None = None):
+    def forward(self, images: torch.Tensor | list[torch.Tensor], targets: list[dict[str, torch.Tensor]] | None = None):
         # Train mode: the loss dict; eval mode: one {boxes, labels, scores} dict per image.
         return self.net(list(images), targets)
 
@@ -67,7 +70,9 @@ def build_detector(cfg: DetConfig, num_classes: int) -> Detector:
     if cfg.pretrained_backbone:
         weights = torchvision.models.MobileNet_V3_Large_Weights.IMAGENET1K_V1
     try:
-        mnet = torchvision.models.mobilenet_v3_large(weights=weights, norm_layer=FrozenBatchNorm2d if weights else None)
+        # torchvision's detection builder: FrozenBatchNorm2d with ImageNet weights, else BatchNorm2d (eps 1e-5
+        # both, not the classifier's 1e-3), as the official det models
+        mnet = torchvision.models.mobilenet_v3_large(weights=weights, norm_layer=FrozenBatchNorm2d if weights else nn.BatchNorm2d)
     except Exception as err:  # noqa: BLE001 - any download failure gets the same advice
         raise imagenet_weights_error("det.pretrained_backbone", err) from err
     features = mnet.features
@@ -115,6 +120,9 @@ class DetectionTask:
 
     def build_model(self) -> nn.Module:
         return build_detector(self.cfg, self.num_classes)
+
+    def param_groups(self, model: nn.Module) -> list[dict]:
+        return trainable_groups(model)
 
     # -- network ------------------------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ from torch import nn
 
 from src.config import SegConfig
 from src.data.targets import IGNORE  # the mask format's "not scored" value (src/report.py imports it from here)
-from src.tasks.base import Normalize, frozen_critic, imagenet_weights_error, set_bn_momentum
+from src.tasks.base import Normalize, frozen_critic, imagenet_weights_error, set_bn_momentum, trainable_groups
 
 
 class Segmenter(nn.Module):
@@ -54,6 +54,11 @@ class SegmentationTask:
             raise imagenet_weights_error("seg.pretrained_backbone", err) from err
         set_bn_momentum(net, self.cfg.bn_momentum)
         return Segmenter(net)
+
+    def param_groups(self, model: nn.Module) -> list[dict]:
+        """DeepLabV3's auxiliary head at ``aux_lr_mult`` x the lr (the official seg models' 10x group)."""
+        has_aux = getattr(model.net, "aux_classifier", None) is not None
+        return trainable_groups(model, {"net.aux_classifier": self.cfg.aux_lr_mult} if has_aux else None)
 
     def losses(self, model: nn.Module, images: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
         out = model(images)

@@ -34,4 +34,4 @@ def load(cfg: DataConfig) -> SourceData:
         "train": classification_items(root, root / "train", classes),
         "val": classification_items(root, root / "test", classes),
     }
-    return SourceData(classes, splits, frozenset({"cls"}), f"data.name stanford_cars ({root})")
+    return SourceData(classes, splits, frozenset({"cls"}), f"data.name stanford_cars ({root})", root=root)

@@ -25,6 +25,7 @@ from PIL import Image, UnidentifiedImageError
 
 from src.errors import DataError
 from src.data.archive import safe_extract
+from src.data.images import ImageError, decode_rgb, open_checked
 from src.utils import progress
 
 # torchvision's ImageFolder extensions (compared lower-case).
@@ -66,6 +67,7 @@ class SourceData:
     splits: dict[str, list[Item]]
     tasks: frozenset[str]  # the annotations every item carries: cls (label), seg (mask), det (boxes)
     where: str  # how errors name the dataset, e.g. "data.folder /x/y"
+    root: Path | None = None  # the dataset folder: no file it lists may lead outside it (src/data/images.py)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -74,37 +76,46 @@ class SourceData:
 
 @dataclass(frozen=True)
 class Crop:
-    """Resize ``(width, height)`` -> ``(new_w, new_h)``, then keep ``size`` x ``size`` from ``(left, top)``."""
+    """Resize ``(width, height)`` -> ``(new_w, new_h)``, then keep ``width`` x ``height`` from ``(left, top)``."""
 
     new_w: int
     new_h: int
     left: int
     top: int
-    size: int
+    width: int
+    height: int
 
     def scale(self, width: int, height: int) -> tuple[float, float]:
         return self.new_w / width, self.new_h / height
 
 
-def crop_for(width: int, height: int, size: int) -> Crop:
-    """torchvision's ``Resize(size)`` (short side, long side truncated) then ``CenterCrop(size)``."""
+def crop_for(width: int, height: int, size: int, square: bool = True) -> Crop:
+    """torchvision's ``Resize(size)`` (short side, long side truncated), then ``CenterCrop(size)`` (``square``)
+    or the whole resized image (the paper's protocol); ``size`` 0 with ``square=False`` keeps the image as it is."""
     if width <= 0 or height <= 0:
         raise ValueError(f"image size {width}x{height} is empty")
+    if not size:
+        if square:
+            raise ValueError("a square crop needs a size")
+        return Crop(width, height, 0, 0, width, height)
     if width <= height:
         new_w, new_h = size, int(size * height / width)
     else:
         new_w, new_h = int(size * width / height), size
-    return Crop(new_w, new_h, int(round((new_w - size) / 2.0)), int(round((new_h - size) / 2.0)), size)
+    if not square:
+        return Crop(new_w, new_h, 0, 0, new_w, new_h)
+    return Crop(new_w, new_h, int(round((new_w - size) / 2.0)), int(round((new_h - size) / 2.0)), size, size)
 
 
 def resize_crop_image(image: Image.Image, c: Crop) -> Image.Image:
-    resized = image.convert("RGB").resize((c.new_w, c.new_h), Image.BILINEAR)
-    return resized.crop((c.left, c.top, c.left + c.size, c.top + c.size))
+    image = image.convert("RGB")
+    resized = image if image.size == (c.new_w, c.new_h) else image.resize((c.new_w, c.new_h), Image.BILINEAR)
+    return resized.crop((c.left, c.top, c.left + c.width, c.top + c.height))
 
 
 def resize_crop_mask(mask: np.ndarray, c: Crop) -> np.ndarray:
     resized = Image.fromarray(mask).resize((c.new_w, c.new_h), Image.NEAREST)
-    return np.asarray(resized.crop((c.left, c.top, c.left + c.size, c.top + c.size)), dtype=np.uint8)
+    return np.asarray(resized.crop((c.left, c.top, c.left + c.width, c.top + c.height)), dtype=np.uint8)
 
 
 def _side(lo: float, hi: float, size: int) -> tuple[float, float]:
@@ -121,8 +132,8 @@ def resize_crop_boxes(boxes: Iterable[Box], width: int, height: int, c: Crop) ->
     sx, sy = c.scale(width, height)
     out = []
     for b in boxes:
-        x, w = _side(b.x * sx - c.left, (b.x + b.w) * sx - c.left, c.size)
-        y, h = _side(b.y * sy - c.top, (b.y + b.h) * sy - c.top, c.size)
+        x, w = _side(b.x * sx - c.left, (b.x + b.w) * sx - c.left, c.width)
+        y, h = _side(b.y * sy - c.top, (b.y + b.h) * sy - c.top, c.height)
         if w >= MIN_BOX_SIDE and h >= MIN_BOX_SIDE:
             out.append(Box(x, y, w, h, b.class_id, b.iscrowd))
     return out
@@ -133,26 +144,24 @@ def resize_crop_boxes(boxes: Iterable[Box], width: int, height: int, c: Crop) ->
 
 
 def read_image(path: Path) -> Image.Image:
-    """The decoded image, or an error naming the file."""
-    try:
-        with Image.open(path) as im:
-            im.load()
-            return im.copy() if im.mode in ("RGB", "L", "P") else im.convert("RGB")
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: image missing") from None
-    except _DECODE_ERRORS as err:
-        raise DataError(f"{path}: cannot decode image ({err})") from None
+    """The decoded image as 8-bit RGB by the policy of ``src/data/images.py``, or an error naming the file.
+
+    ``data.max_pixels`` and the upscale limit are checked from the headers before this is called
+    (``src.data.sources.inspect_source``); Pillow's hard bomb limit still applies here."""
+    return Image.fromarray(decode_rgb(path))
 
 
 def read_mask(path: Path, size: tuple[int, int], num_classes: int) -> np.ndarray:
     """A (H, W) uint8 class map (0 background, 1..K, 255 ignore) of ``size`` (W, H), or an error naming the file."""
     try:
-        with Image.open(path) as im:
+        with open_checked(path) as im:
             if im.mode not in ("L", "P"):
                 raise DataError(f"{path}: mask has mode {im.mode}; expected a single-channel 8-bit class map (L or P)")
             mask = np.asarray(im, dtype=np.uint8)
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: segmentation mask missing") from None
+    except ImageError as err:  # open_checked: empty, unreadable or above a pixel limit
+        raise DataError(f"{path}: {err.problem.replace('decode image', 'decode mask')}") from None
     except _DECODE_ERRORS as err:
         if isinstance(err, DataError):
             raise
@@ -272,9 +281,11 @@ def _csv(header: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
     return buf.getvalue()
 
 
-def write_split(folder: Path, items: Sequence[Item], data: SourceData, size: int) -> None:
+def write_split(folder: Path, items: Sequence[Item], data: SourceData, size: int, square: bool = True) -> None:
     """``folder/{images,masks}/<id>.png``, ``labels.csv``, ``instances.json`` (those the source has) and
-    ``sources.csv`` (id -> source file, so a problem reported on ``000123.png`` can be traced back)."""
+    ``sources.csv`` (id -> source file, so a problem reported on ``000123.png`` can be traced back).
+    Each image's short side is resized to ``size`` and its centre square kept (``square``), or its aspect
+    ratio kept (``data.resize: short_side``; ``size`` 0: the source size)."""
     num_classes = len(data.class_names)
     (folder / "images").mkdir(parents=True)
     if "seg" in data.tasks:
@@ -283,7 +294,7 @@ def write_split(folder: Path, items: Sequence[Item], data: SourceData, size: int
     images, annotations = [], []
     for image_id, (name, item) in enumerate(progress(list(zip(names, items)), desc=f"convert {folder.name}"), start=1):
         image = read_image(item.image)
-        c = crop_for(image.width, image.height, size)
+        c = crop_for(image.width, image.height, size, square)
         resize_crop_image(image, c).save(folder / "images" / f"{name}.png")
         if "seg" in data.tasks:
             assert item.mask is not None
@@ -291,7 +302,7 @@ def write_split(folder: Path, items: Sequence[Item], data: SourceData, size: int
             Image.fromarray(resize_crop_mask(mask, c)).save(folder / "masks" / f"{name}.png")
         if "det" in data.tasks:
             assert item.boxes is not None
-            images.append({"id": image_id, "file_name": f"{name}.png", "height": size, "width": size})
+            images.append({"id": image_id, "file_name": f"{name}.png", "height": c.height, "width": c.width})
             for b in resize_crop_boxes(item.boxes, image.width, image.height, c):
                 annotations.append({
                     "id": len(annotations) + 1,

@@ -68,4 +68,4 @@ def load(cfg: DataConfig) -> SourceData:
     for split, items in splits.items():
         if not items:
             raise DataError(f"{root / 'train_test_split.txt'}: no {split} images")
-    return SourceData(classes, splits, frozenset({"cls"}), f"data.name cub200 ({root})")
+    return SourceData(classes, splits, frozenset({"cls"}), f"data.name cub200 ({root})", root=root)

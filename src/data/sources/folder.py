@@ -24,6 +24,7 @@ from pathlib import Path
 
 from src.config import DataConfig
 from src.errors import DataError
+from src.data.images import check_inside
 from src.data.sources.common import Box, Item, SourceData, classification_items, image_folder, is_image
 
 SPLITS = ("train", "val")
@@ -164,6 +165,9 @@ def load(cfg: DataConfig) -> SourceData:
         raise DataError(f"{root}: train/ serves {sorted(kinds['train'])} but val/ serves {sorted(kinds['val'])}; "
                         "both splits need the same annotations")
     tasks = kinds["train"]
+    for annotations in (root / "classes.json", *(root / s / "instances.json" for s in SPLITS)):
+        if annotations.exists():  # images and masks: src.data.sources.check_files
+            check_inside(annotations, root)
     classes_file = root / "classes.json"
     class_names = _class_names_file(root)
     cocos = {s: _read_coco(root / s / "instances.json") for s in SPLITS} if "det" in tasks else {}
@@ -197,4 +201,4 @@ def load(cfg: DataConfig) -> SourceData:
                     raise FileNotFoundError(f"{mask}: segmentation mask missing for {path}")
             items.append(Item(path.relative_to(root).as_posix(), path, mask=mask, boxes=boxes[name] if "det" in tasks else None))
         splits[split] = items
-    return SourceData(class_names, splits, tasks, f"data.folder {root}")
+    return SourceData(class_names, splits, tasks, f"data.folder {root}", root=root)

@@ -168,4 +168,4 @@ def load(cfg: DataConfig) -> SourceData:
             )
             for image_id, i in enumerate(ids, start=1)
         ]
-    return SourceData(list(CLASSES), splits, frozenset({"seg", "det"}), f"data.name voc ({root})")
+    return SourceData(list(CLASSES), splits, frozenset({"seg", "det"}), f"data.name voc ({root})", root=root)
