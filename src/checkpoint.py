@@ -8,7 +8,7 @@ plain Python values. A checkpoint written under other params (its ``digest`` dif
 is moved aside with a message.
 
 Under torchrun only rank 0 writes, reads first and sets a foreign file aside; the other ranks then read
-the same file. ``fit`` adds every rank's random streams (``rng_ranks``), so each rank resumes its own.
+the same file (many machines, ``train.nnodes``: they receive rank 0's copy). ``fit`` adds every rank's random streams (``rng_ranks``), so each rank resumes its own.
 """
 
 from __future__ import annotations
@@ -85,6 +85,8 @@ def load(ckpt: Checkpointing) -> dict[str, Any] | None:
     state = _load(ckpt) if distributed.is_main() else None
     if not distributed.broadcast_object(state is not None):
         return None
+    if distributed.many_nodes():  # the file is on node 0's disk only: rank 0 sends its contents
+        return distributed.broadcast_object(state)
     # Rank 0 replaces the file only after the next training step, a collective the others have not reached.
     return state if distributed.is_main() else torch.load(ckpt.path, map_location="cpu", weights_only=True)
 

@@ -342,6 +342,13 @@ class TrainConfig(Strict):
     # Processes per training stage (pretrain_sr, train*): > 1 runs the stage under torchrun, one per GPU
     # (Gloo on a CPU); pretrain_sr.batch_size and batch_size must be divisible by it. See README "Many GPUs".
     nproc: PosInt = 1
+    # Machines per training stage: > 1 starts torchrun with c10d rendezvous at rdzv_endpoint (HOST:PORT, a port
+    # on node 0) and nproc processes on each; every machine runs the stage, node_rank 0 writes the outputs. The
+    # environment variables PET_NODE_RANK and PET_RDZV_ENDPOINT (torchrun's) override node_rank and rdzv_endpoint,
+    # so every machine can share one params.yaml. nnodes x nproc processes in all (the math: a dvc.yaml dep).
+    nnodes: PosInt = 1
+    node_rank: NonNegInt = 0
+    rdzv_endpoint: str = ""
     # SyncBatchNorm in a trained recogniser when nproc > 1: BatchNorm statistics over the global batch (the
     # official code's segmentation setting). PyTorch runs it on CUDA only; with one process it changes nothing.
     sync_bn: bool = False
@@ -367,10 +374,21 @@ class TrainConfig(Strict):
 
     @model_validator(mode="after")
     def _batch_splits(self) -> "TrainConfig":
-        if self.batch_size % self.nproc:
-            raise ValueError(f"train.batch_size ({self.batch_size}) must be divisible by train.nproc ({self.nproc}): "
+        if self.batch_size % self.world:
+            raise ValueError(f"train.batch_size ({self.batch_size}) must be divisible by {self.world_key} ({self.world}): "
                              "each process takes batch_size / nproc samples of every batch")
+        if self.node_rank >= self.nnodes:
+            raise ValueError(f"train.node_rank ({self.node_rank}) must be below train.nnodes ({self.nnodes})")
         return self
+
+    @property
+    def world(self) -> int:
+        """Processes in all: ``nnodes`` x ``nproc``."""
+        return self.nnodes * self.nproc
+
+    @property
+    def world_key(self) -> str:
+        return "train.nproc" if self.nnodes == 1 else "train.nnodes x train.nproc"
 
     @model_validator(mode="after")
     def _warmup_within_epochs(self) -> "TrainConfig":
@@ -484,10 +502,10 @@ class Params(Strict):
         if self.train.linear_warmup and 0 < self.train.sr4ir.warmup_epochs < 2:
             raise ValueError(f"train.linear_warmup: epoch 1 is the linear ramp, so sr4ir.warmup_epochs "
                              f"({self.train.sr4ir.warmup_epochs}) must be 0 or at least 2 (the paper's det: 3)")
-        if self.pretrain_sr.batch_size % self.train.nproc:
-            raise ValueError(f"pretrain_sr.batch_size ({self.pretrain_sr.batch_size}) must be divisible by train.nproc "
-                             f"({self.train.nproc}): each process takes batch_size / nproc samples of every batch")
-        if self.train.sync_bn and self.train.nproc > 1 and self.device == "cpu":
+        if self.pretrain_sr.batch_size % self.train.world:
+            raise ValueError(f"pretrain_sr.batch_size ({self.pretrain_sr.batch_size}) must be divisible by {self.train.world_key} "
+                             f"({self.train.world}): each process takes batch_size / nproc samples of every batch")
+        if self.train.sync_bn and self.train.world > 1 and self.device == "cpu":
             raise ValueError("train.sync_bn needs GPUs (PyTorch's SyncBatchNorm runs on CUDA only), but device is cpu: "
                              "set train.sync_bn: false (each process then normalises with its own share's statistics)")
         if not self.tasks:

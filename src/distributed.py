@@ -5,25 +5,25 @@
 on a CPU-only machine; each process uses GPU ``LOCAL_RANK``. In a single process (no torchrun) every
 function here is a no-op and every collective returns its input, so the one-process path is unchanged.
 
-Why no ``DistributedDataParallel``: the recogniser plays several roles per SR4IR step (a frozen critic
-with ``requires_grad`` off in phase 1, a trainee on SR, HR and CQMix inputs in phase 2), and the task code
-calls attributes of the bare networks. The official code wraps both networks in DDP and it works only
-because phase 1 fires no hooks of the recogniser (method doc, section 14 item 23). Instead ``GradientAverager``
-does DDP's gradient averaging explicitly for each optimiser update, in DDP's buckets and overlapped with the
-backward as DDP's, and ``broadcast_buffers`` does what DDP's ``broadcast_buffers=True`` does for the BatchNorm
-running statistics.
+Each trained network is wrapped in ``DistributedDataParallel`` (``ddp``) for the forward passes whose
+gradients are averaged; everything else (a frozen critic, feature extraction, evaluation, checkpoints) calls
+the bare network, the wrapper's ``.module`` (torchvision's ``model_without_ddp``). Many machines
+(``train.nnodes``): ``init`` numbers the processes node by node, ``train.node_rank`` first, so that global
+rank 0, the one that writes, runs on node 0.
 """
 
 from __future__ import annotations
 
 import atexit
 import datetime
+import inspect
 import os
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 # Rank 0 scores the validation split after each epoch while the others wait in a broadcast: allow for a
 # long evaluation before a collective times out (a crashed rank does not make the others wait this long:
@@ -50,8 +50,29 @@ def init() -> None:
         backend = "cpu:gloo,cuda:nccl"  # NCCL for CUDA tensors, Gloo for CPU tensors (device: cpu, control values)
     else:
         backend = "gloo"
+    _rank_by_node()
     dist.init_process_group(backend, timeout=TIMEOUT)
     atexit.register(shutdown)
+
+
+NODE_RANK = "SR4IR_NODE_RANK"  # set by the stage launcher (pipeline/_stage.py) on each machine of a many-node run
+
+
+def _rank_by_node() -> None:
+    """Many nodes: global rank = node rank x processes per node + local rank, with the node rank this machine
+    was given (``train.node_rank`` / ``PET_NODE_RANK``), not the order in which torchrun's c10d rendezvous
+    admitted the nodes, so that rank 0 (the writer) runs on node 0. Every node must run the same number of
+    processes and the node ranks must be 0 .. nnodes - 1, each once (checked through torchrun's store)."""
+    if NODE_RANK not in os.environ or "LOCAL_WORLD_SIZE" not in os.environ:
+        return
+    node, per_node, world = int(os.environ[NODE_RANK]), int(os.environ["LOCAL_WORLD_SIZE"]), int(os.environ["WORLD_SIZE"])
+    if world % per_node or not 0 <= node < world // per_node:
+        raise RuntimeError(f"train.node_rank {node}: must be in 0 .. nnodes - 1 ({world // per_node} nodes of {per_node} "
+                           f"processes; every node runs train.nproc processes)")
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False, timeout=TIMEOUT)
+    if local_rank() == 0 and store.add(f"sr4ir/node_rank/{node}", 1) > 1:
+        raise RuntimeError(f"train.node_rank {node} is set on two machines: give each machine its own node rank")
+    os.environ["RANK"] = str(node * per_node + local_rank())
 
 
 def shutdown() -> None:
@@ -69,6 +90,11 @@ def rank() -> int:
 
 def world_size() -> int:
     return dist.get_world_size() if is_initialized() else 1
+
+
+def many_nodes() -> bool:
+    """True when the processes run on more than one machine (torchrun's ``--nnodes`` above 1)."""
+    return world_size() > int(os.environ.get("LOCAL_WORLD_SIZE", world_size()))
 
 
 def is_main() -> bool:
@@ -121,112 +147,23 @@ def sum_floats(values: Sequence[float]) -> list[float]:
     return t.tolist()
 
 
-# Whether ``GradientAverager`` overlaps the all-reduce with the backward: None decides by device (on CUDA, as
-# DDP; not on a CPU, where Gloo's threads share the cores with the backward and it measured no faster,
-# ``python -m src.bench_dist``). The benchmark sets it to time both.
-OVERLAP: bool | None = None
+def ddp(net: torch.nn.Module, device: torch.device) -> DistributedDataParallel | None:
+    """``net`` wrapped in ``DistributedDataParallel`` for the forward passes whose gradients are averaged.
 
-# DDP's bucket sizes: a small first bucket, so communication starts early in the backward, then 25 MiB.
-FIRST_BUCKET_BYTES = 1 << 20
-BUCKET_BYTES = 25 << 20
-
-
-class GradientAverager:
-    """Average the gradients of ``params`` over ranks in place: DDP's math (the sum over ranks divided by the
-    world size), its bucketing, and its overlap of communication with the backward pass.
-
-    Inside ``with averager:`` a hook on every parameter counts the gradients as the backward produces them; a
-    bucket whose gradients are all there is all-reduced asynchronously while the backward goes on. Buckets
-    follow the parameters in reverse order (roughly the order the backward produces them, as DDP's) and are
-    launched strictly in that order, so every rank issues the same collectives in the same order whatever its
-    timing. ``finish(bad)`` launches the buckets still waiting (a parameter without a gradient on this rank
-    counts as zero there, as DDP with ``find_unused_parameters``; one without a gradient on every rank keeps
-    ``grad is None``, so the optimiser skips it as it would in one process), all-reduces the per-parameter
-    "has a gradient" flags together with ``bad`` (a non-finite loss on this rank, so every rank learns it and
-    stops together), waits, writes the means into ``.grad`` and returns on how many ranks ``bad`` was set.
-    Every rank passes the same parameters in the same order. ``overlap`` (default: ``OVERLAP``, else on CUDA
-    only) false, or no ``with``: nothing overlaps, ``finish`` sends every bucket after the backward.
+    DDP's own machinery: rank 0's parameters and buffers broadcast at construction, gradients averaged in
+    buckets (25 MiB, the first one small) by all-reduces that overlap the backward, and, with
+    ``broadcast_buffers=True``, rank 0's buffers (BatchNorm running statistics) broadcast at the start of every
+    forward of the wrapper. The wrapper shares ``net``'s tensors: its ``.module`` is ``net``, which every other
+    use (a frozen critic, feature extraction, evaluation, checkpoints) calls directly. Parameters with
+    ``requires_grad`` off at construction (a detector's frozen layers) are not DDP's. One process: no wrapper,
+    ``None`` (the one-process path does not change).
     """
-
-    def __init__(self, params: Sequence[torch.nn.Parameter], overlap: bool | None = None,
-                 first_bucket_bytes: int = FIRST_BUCKET_BYTES, bucket_bytes: int = BUCKET_BYTES):
-        self.params = list(params)
-        if overlap is None:
-            overlap = OVERLAP if OVERLAP is not None else bool(self.params) and self.params[0].is_cuda
-        self.overlap = overlap and world_size() > 1
-        self.buckets: list[list[int]] = []
-        bucket: list[int] = []
-        size, cap = 0, first_bucket_bytes
-        for i in reversed(range(len(self.params))):
-            bucket.append(i)
-            size += self.params[i].numel() * self.params[i].element_size()
-            if size >= cap:
-                self.buckets.append(bucket)
-                bucket, size, cap = [], 0, bucket_bytes
-        if bucket:
-            self.buckets.append(bucket)
-        self._bucket_of = {i: k for k, b in enumerate(self.buckets) for i in b}
-        self._waiting = [len(b) for b in self.buckets]
-        self._next = 0  # the next bucket to launch: strictly in order
-        self._sent: list[tuple[int, torch.Tensor, Any]] = []
-        self._hooks: list[Any] = []
-        self.launched_in_backward = 0  # buckets sent while the backward was still running
-
-    def __enter__(self) -> "GradientAverager":
-        for i, p in enumerate(self.params):
-            if p.requires_grad and self.overlap:
-                self._hooks.append(p.register_post_accumulate_grad_hook(lambda _p, i=i: self._ready(i)))
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for hook in self._hooks:
-            hook.remove()
-        self._hooks.clear()
-
-    def _ready(self, i: int) -> None:
-        self._waiting[self._bucket_of[i]] -= 1
-        while self._next < len(self.buckets) and self._waiting[self._next] == 0:
-            self._launch()
-            self.launched_in_backward += 1
-
-    def _launch(self) -> None:
-        k, self._next = self._next, self._next + 1
-        group = [self.params[i] for i in self.buckets[k]]
-        dtype = torch.float32
-        for p in group:
-            dtype = torch.promote_types(dtype, p.dtype)
-        flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).to(dtype) for p in group])
-        self._sent.append((k, flat, dist.all_reduce(flat, async_op=True)))
-
-    def finish(self, bad: bool = False) -> int:
-        if world_size() == 1:  # one process: the gradients are the means already
-            return int(bad)
-        while self._next < len(self.buckets):
-            self._launch()
-        flags = torch.tensor([*(p.grad is not None for p in self.params), bad], dtype=torch.float32,
-                             device=self.params[0].device)
-        dist.all_reduce(flags)  # after every bucket on every rank: the same order everywhere
-        counts = flags.tolist()
-        for k, flat, work in self._sent:
-            work.wait()
-            offset = 0
-            for i in self.buckets[k]:
-                p, size = self.params[i], self.params[i].numel()
-                if counts[i] > 0:
-                    mean = flat[offset:offset + size].view_as(p).div_(world_size())
-                    if p.grad is None:
-                        p.grad = mean.to(p.dtype).clone()
-                    else:
-                        p.grad.copy_(mean)
-                offset += size
-        self._sent.clear()
-        return int(counts[-1])
-
-
-def average_gradients(params: Sequence[torch.nn.Parameter], bad: bool = False) -> int:
-    """Average the gradients of ``params`` over ranks in place, after the backward (``GradientAverager``
-    without the overlap); return on how many ranks ``bad`` was set. One process: nothing to average."""
-    return GradientAverager(params).finish(bad)
+    if world_size() == 1:
+        return None
+    ids = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else None
+    # broadcast_buffers=True, under the name this torch gives it (2.14 renames it forward_sync_buffers)
+    sync = "forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters else "broadcast_buffers"
+    return DistributedDataParallel(net, device_ids=ids, **{sync: True})
 
 
 def broadcast_tensors(tensors: Iterable[torch.Tensor]) -> None:
@@ -246,6 +183,14 @@ def broadcast_tensors(tensors: Iterable[torch.Tensor]) -> None:
                 offset += t.numel()
 
 
+def sync_buffers(net: torch.nn.Module | None) -> None:
+    """Rank 0's buffers of ``net`` on every rank: what the forward of ``net``'s DDP wrapper does first, for a
+    forward that runs the bare network instead (SR4IR's phase-1 critic: eval mode, so its BatchNorm uses the
+    running statistics, which must be the same on every rank, rank 0's as DDP keeps them). One process: no-op."""
+    if net is not None and world_size() > 1:
+        broadcast_tensors(net.buffers())
+
+
 def sync_batchnorm(net: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     """``net`` with its BatchNorm layers as SyncBatchNorm (``train.sync_bn``): under torchrun a training batch
     is normalised with the mean and variance of the global batch, every rank's share together, as the official
@@ -258,18 +203,3 @@ def sync_batchnorm(net: torch.nn.Module, device: torch.device) -> torch.nn.Modul
         raise ValueError(f"train.sync_bn needs GPUs (PyTorch's SyncBatchNorm runs on CUDA only), but this run's device "
                          f"is {device}: set train.sync_bn: false (each process then normalises with its own share's statistics)")
     return torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
-
-
-def broadcast_buffers(nets: Iterable[torch.nn.Module | None]) -> None:
-    """Rank 0's buffers (BatchNorm running mean/var and ``num_batches_tracked``) on every rank, as DDP's
-    default ``broadcast_buffers=True`` keeps them. Without SyncBatchNorm each rank normalises a training
-    batch with the statistics of its own share of the batch (as DDP without SyncBatchNorm does)."""
-    if world_size() > 1:
-        broadcast_tensors(b for net in nets if net is not None for b in net.buffers())
-
-
-def broadcast_state(nets: Iterable[torch.nn.Module | None]) -> None:
-    """Rank 0's parameters and buffers on every rank (what DDP's constructor does)."""
-    if world_size() > 1:
-        broadcast_tensors(t for net in nets if net is not None for t in (*net.parameters(), *net.buffers()))
-

@@ -315,7 +315,14 @@ def build_setup(
         channels_last=params.train.channels_last,
         compile=params.train.compile,
     )
-    return prepare_for_speed(setup)
+    prepare_for_speed(setup)
+    # Under torchrun: the trained networks' DDP wrappers (rank 0's weights broadcast to every rank here), for
+    # the forwards whose gradients are averaged; setup.sr/rec stay the bare networks. One process: None.
+    if sr is not None and method.trains_sr:
+        setup.sr_ddp = distributed.ddp(sr, device)
+    if rec is not None and method.trains_rec:
+        setup.rec_ddp = distributed.ddp(rec, device)
+    return setup
 
 
 def prepare_for_speed(s: Setup) -> Setup:

@@ -41,10 +41,6 @@ class EpochProgress:
     n: int = 0
 
 
-def _trained_nets(s: Setup) -> list[nn.Module]:
-    return [net for net, trains in ((s.sr, s.method.trains_sr), (s.rec, s.method.trains_rec)) if net is not None and trains]
-
-
 def _set_modes(s: Setup) -> None:
     if s.sr is not None:
         s.sr.train(s.method.trains_sr)
@@ -77,7 +73,6 @@ def train_one_epoch(
             terms = step(s, batch, tdp_on)
         except FloatingPointError as err:
             raise FloatingPointError(f"{err}, at step {prog.step + 1} of {desc}") from None
-        distributed.broadcast_buffers(_trained_nets(s))  # BN running stats of rank 0 everywhere (as DDP); 1 process: no-op
         for sched in schedulers:
             sched.step()  # per iteration, like the official schedules
         b = batch.hr.shape[0]
@@ -175,7 +170,8 @@ def fit(
         ckpt.restore(s, schedulers, resumed)
         history, start = list(resumed["history"]), int(resumed["epoch"])
         logging.getLogger(__name__).info("resuming %s from %s: epoch %d, step %d", s.method.name, checkpoint.path, start, resumed["step"])
-    distributed.broadcast_state([s.sr, s.rec])  # under torchrun: rank 0's weights everywhere (as DDP starts)
+    # Under torchrun every rank holds rank 0's weights: DDP broadcast them when ``build_setup`` wrapped the
+    # networks, and a resumed run loads rank 0's checkpoint on every rank.
 
     def snapshot(epoch: int, prog: EpochProgress) -> None:
         ckpt.save(checkpoint, ckpt.training_state(s, schedulers, epoch, prog.step, prog.sums, prog.n, history))

@@ -81,29 +81,23 @@ def optimizer_step(optimizers: Sequence[torch.optim.Optimizer], loss: torch.Tens
     """Backward ``loss`` and step ``optimizers``; a NaN or inf loss stops before it reaches the weights,
     naming the offending ``terms``.
 
-    Under torchrun the gradients are averaged over the processes before the step: DDP's math (sum over
-    ranks / world size) in DDP's buckets (``distributed.GradientAverager``), on GPUs each all-reduced while
-    the backward pass goes on. A non-finite loss on any rank is all-reduced with them and stops
-    every rank before any weight changes."""
+    Under torchrun the loss came from the forward of the networks' DDP wrappers (``Setup.sr_ddp``,
+    ``Setup.rec_ddp``): their backward averages the gradients over the processes (DDP's buckets, overlapped
+    with the backward). Before it, whether the loss is finite is all-reduced: a non-finite loss on any rank
+    stops every rank before any backward or weight change."""
     finite = bool(torch.isfinite(loss))
     world = distributed.world_size()
     if not finite and world == 1:
         raise _non_finite(loss, what, terms)
-    for opt in optimizers:
-        opt.zero_grad(set_to_none=True)
-    if world == 1:
-        loss.backward()
-    else:
-        params = [p for opt in optimizers for group in opt.param_groups for p in group["params"]]
-        averager = distributed.GradientAverager(params)
-        if finite:
-            with averager:  # on GPUs the buckets are all-reduced while the backward goes on
-                loss.backward()
-        n_bad = averager.finish(bad=not finite)
+    if world > 1:
+        n_bad = round(distributed.sum_floats([float(not finite)])[0])
         if not finite:
             raise _non_finite(loss, what, terms)
         if n_bad:
             raise FloatingPointError(f"non-finite {what} in {n_bad} of {world} processes")
+    for opt in optimizers:
+        opt.zero_grad(set_to_none=True)
+    loss.backward()
     for opt in optimizers:
         opt.step()
 

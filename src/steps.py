@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from src import distributed
 from src.config import PixelAndTask, RecogniserOnly, SR4IRConfig
 from src.cqmix import cqmix
 from src.data.dataset import Batch
@@ -64,6 +65,22 @@ class Setup:
     amp_dtype: torch.dtype | None = None  # e.g. torch.bfloat16: autocast the forwards (opt-in; not exact)
     channels_last: bool = False  # NHWC networks and inputs (same math, float-level differences)
     compile: bool = False  # torch.compile the SR network and the recogniser's trunk (opt-in)
+    # Under torchrun, the DDP wrappers of the trained networks (``src.distributed.ddp``; None in one process and
+    # for a frozen network): they run the forwards whose gradients are averaged. ``sr``/``rec`` stay the bare
+    # networks (their ``.module``), which everything else uses: frozen critics, features, evaluation, saving.
+    sr_ddp: nn.Module | None = None
+    rec_ddp: nn.Module | None = None
+
+
+def _trained_sr(s: Setup) -> nn.Module:
+    """The SR network for a forward whose gradients train it: its DDP wrapper under torchrun."""
+    return s.sr if s.sr_ddp is None else s.sr_ddp
+
+
+def _trained_rec(s: Setup) -> nn.Module:
+    """The recogniser for a forward whose gradients train it: its DDP wrapper under torchrun (a frozen one has
+    none: the bare network)."""
+    return s.rec if s.rec_ddp is None else s.rec_ddp
 
 
 def view_images(s: Setup, batch: Batch) -> torch.Tensor:
@@ -88,8 +105,9 @@ def per_image(x: torch.Tensor, sizes: list[tuple[int, int]] | None) -> torch.Ten
 
 
 def task_loss(s: Setup, images: torch.Tensor, batch: Batch) -> torch.Tensor:
-    """The weighted task loss of the recogniser on ``images`` (a canvas batch like ``batch.hr``)."""
-    return weighted_sum(s.task.losses(s.rec, per_image(images, batch.sizes), batch.target), s.task_loss_weights)
+    """The weighted task loss of the recogniser on ``images`` (a canvas batch like ``batch.hr``), through its DDP
+    wrapper when it trains under torchrun."""
+    return weighted_sum(s.task.losses(_trained_rec(s), per_image(images, batch.sizes), batch.target), s.task_loss_weights)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -98,7 +116,7 @@ def task_loss(s: Setup, images: torch.Tensor, batch: Batch) -> torch.Tensor:
 
 def pixel_step(s: Setup, batch: Batch, tdp_on: bool) -> dict[str, torch.Tensor]:
     """SR pre-training: L1 between SR(LR) and HR."""
-    loss = F.l1_loss(s.sr(batch.lr), batch.hr)
+    loss = F.l1_loss(_trained_sr(s)(batch.lr), batch.hr)
     optimizer_step([s.opt_sr], loss, "loss_pix")
     return {"loss_pix": loss}
 
@@ -114,7 +132,7 @@ def recogniser_step(s: Setup, batch: Batch, tdp_on: bool) -> dict[str, torch.Ten
 
 def sr_via_task_step(s: Setup, batch: Batch, tdp_on: bool) -> dict[str, torch.Tensor]:
     """T2S: SR trained with L1 plus the task loss of a frozen, eval-mode recogniser."""
-    sr_out = s.sr(batch.lr)
+    sr_out = _trained_sr(s)(batch.lr)
     pix = F.l1_loss(sr_out, batch.hr)
     with s.task.frozen(s.rec):
         task = task_loss(s, sr_out, batch)
@@ -124,7 +142,7 @@ def sr_via_task_step(s: Setup, batch: Batch, tdp_on: bool) -> dict[str, torch.Te
 
 def joint_step(s: Setup, batch: Batch, tdp_on: bool) -> dict[str, torch.Tensor]:
     """S+T: both networks in train mode, one backward through L1 + task loss, both optimisers step."""
-    sr_out = s.sr(batch.lr)
+    sr_out = _trained_sr(s)(batch.lr)
     pix = F.l1_loss(sr_out, batch.hr)
     task = task_loss(s, sr_out, batch)
     optimizer_step([s.opt_sr, s.opt_rec], s.loss.pix_weight * pix + s.loss.task_weight * task, "S+T loss",
@@ -183,10 +201,11 @@ def alternate_step(s: Setup, batch: Batch, tdp_on: bool) -> dict[str, torch.Tens
     lr_img, hr_img = _memory_format(s, batch.lr), _memory_format(s, batch.hr)
     # Phase 1: SR step. L1, plus TDP after the warm-up; the recogniser is a fixed critic (eval, no grads).
     with _autocast(s, lr_img):
-        sr_out = s.sr(lr_img)  # (B, 3, sH, sW), unclamped
+        sr_out = _trained_sr(s)(lr_img)  # (B, 3, sH, sW), unclamped
         terms = {"loss_pix": F.l1_loss(sr_out.float(), hr_img)}
         phase1 = cfg.pix_weight * terms["loss_pix"]
         if tdp_on:
+            distributed.sync_buffers(s.rec)  # the bare critic: rank 0's running statistics, as a DDP forward starts
             with s.task.frozen(s.rec):
                 f_sr, f_hr = _tdp_features(s, sr_out, hr_img, batch.sizes)
             terms["loss_tdp"] = tdp_loss({k: v.float() for k, v in f_sr.items()}, {k: v.float() for k, v in f_hr.items()}, s.tdp_layers)

@@ -23,7 +23,21 @@ log = logging.getLogger(__name__)
 
 
 def default_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root(Path.cwd()) / 'mlflow.db'}"
+
+
+def project_root(cwd: Path) -> Path:
+    """``cwd``, or the repository that queued the experiment when ``cwd`` is one of DVC's temporary workspaces
+    (`dvc exp run --queue` / `--temp` run stages in ``<repo>/.dvc/tmp/exps/<tmpdir>``, deleted afterwards): its
+    runs go to the repository's own ``mlflow.db``, beside every other run."""
+    for p in (cwd, *cwd.parents):
+        if p.parent.name == "exps" and p.parent.parent.name == "tmp" and p.parent.parent.parent.name == ".dvc":
+            return p.parent.parent.parent.parent
+    return cwd
+
+
+# MLflow 3's UI opens an experiment in its GenAI view unless the experiment says what it holds.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 
 def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -55,7 +69,13 @@ class Tracker:
 
         self.client = MlflowClient(tracking_uri=uri)
         exp = self.client.get_experiment_by_name(experiment)
-        self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(experiment)
+        if exp is None:
+            self.experiment_id = self.client.create_experiment(experiment, tags=EXPERIMENT_KIND)
+        else:
+            self.experiment_id = exp.experiment_id
+            for k, v in EXPERIMENT_KIND.items():  # experiments made before the tag existed here
+                if exp.tags.get(k) != v:
+                    self.client.set_experiment_tag(self.experiment_id, k, v)
 
     def _guard(self, fn, *args, **kwargs):
         if not self.enabled:
@@ -68,12 +88,14 @@ class Tracker:
             return None
 
     def start_run(self, name: str, tags: Mapping[str, str] | None = None, params: Mapping[str, Any] | None = None,
-                  parent_run_id: str | None = None) -> str | None:
+                  parent_run_id: str | None = None, start_time: float | None = None) -> str | None:
+        """A new run; ``start_time`` (seconds since the epoch) when it began before now."""
         def _start() -> str:
             all_tags = dict(tags or {})
             if parent_run_id:
                 all_tags["mlflow.parentRunId"] = parent_run_id
-            run = self.client.create_run(self.experiment_id, run_name=name, tags=all_tags)
+            run = self.client.create_run(self.experiment_id, run_name=name, tags=all_tags,
+                                         start_time=None if start_time is None else int(start_time * 1000))
             if params:
                 from mlflow.entities import Param
 
@@ -203,12 +225,31 @@ def git_tags() -> dict[str, str]:
     return {"git.commit": commit, "git.dirty": dirty, "dvc.exp_name": os.environ.get("DVC_EXP_NAME", "")}
 
 
+def pipeline_start(key: str | None) -> float | None:
+    """When pipeline run ``key`` began (seconds since the epoch): ``$SR4IR_PIPELINE_START`` (`make repro`), else
+    the start of the `dvc` process the key names ('<pid>-<start in clock ticks after boot>', Linux /proc)."""
+    try:
+        if os.environ.get(START_ENV):
+            return float(os.environ[START_ENV])
+        pid, _, ticks = (key or "").partition("-")
+        if not (pid.isdigit() and ticks.isdigit()):
+            return None
+        btime = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                     if line.startswith("btime "))
+        return btime + int(ticks) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, StopIteration):
+        return None
+
+
 def pipeline_parent(tracker: Tracker, key: str, tags: Mapping[str, str] | None = None) -> str | None:
-    """Find or create the parent run of pipeline run ``key``."""
+    """Find or create the parent run of pipeline run ``key``. It starts when the pipeline run started; each
+    stage that ends (and pipeline.track) moves its end to that moment, so its duration spans the stages."""
     parent = tracker.find_run({"sr4ir.pipeline_key": key})
     if parent is None:
         name = f"pipeline/{time.strftime('%Y-%m-%d %H:%M:%S')}"
-        parent = tracker.start_run(name, tags={"sr4ir.pipeline_key": key, **(tags or git_tags())})
+        start = pipeline_start(key)
+        parent = tracker.start_run(name, tags={"sr4ir.pipeline_key": key, **(tags or git_tags())},
+                                   start_time=start if start is not None and start <= time.time() else None)
         tracker.end_run(parent)  # children attach later; the parent holds no work of its own
     return parent
 
@@ -296,8 +337,10 @@ def stage_run(stage: str, params: Any, *, task: str = "", method: str = "", expe
             yield run
         except BaseException:
             tracker.end_run(run_id, "FAILED")
+            tracker.end_run(parent, "FAILED")  # the pipeline run stops here (a later stage of it sets FINISHED again)
             raise
         run.log_metrics({"time/stage_s": time.perf_counter() - t0})
         tracker.end_run(run_id, "FINISHED")
+        tracker.end_run(parent, "FINISHED")  # the parent's duration now reaches the end of this stage
 
     return _cm()

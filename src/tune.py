@@ -30,6 +30,7 @@ import io
 import logging
 import math
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -116,6 +117,7 @@ class Objective:
         run = self.tracker.start_run(f"trial-{trial.number}", tags={"optuna.trial": str(trial.number)},
                                      params=trial.params, parent_run_id=self.parent_run)
         trial.set_user_attr("mlflow_run_id", run or "")
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")  # which machine and process ran it
         callbacks: list[Any] = [EpochLogger(self.tracker, run)]
         if len(self.objectives) == 1:  # Optuna cannot prune multi-objective studies
             callbacks.append(PruneCallback(trial, f"val/{self.primary}"))

@@ -28,13 +28,25 @@ ROOT = Path(__file__).resolve().parents[1]
 PRETRAIN = TINY
 RUN = {**TINY, "data": {**TINY["data"], "hflip": True}}
 
+
+def hand_batches() -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Two global SR4IR batches of 8 (LR 8 px, HR 32 px, cls labels): the driver's and the hand computation's."""
+    g = torch.Generator().manual_seed(123)
+    return [(torch.rand(8, 3, 8, 8, generator=g), torch.rand(8, 3, 32, 32, generator=g), torch.randint(0, 8, (8,), generator=g))
+            for _ in range(2)]
+
+
 DRIVER = r"""
 import json, sys
 from pathlib import Path
 import torch
 from src import distributed, optim, steps
 from src.config import parse_params
-from src.experiment import pretrain_sr, train_method
+from src.data.dataset import Batch
+from src.experiment import build_setup, pretrain_sr, train_method
+from src.methods import METHODS
+from src.tasks import build_task
+from tests.test_distributed import hand_batches
 
 distributed.init()
 rank = distributed.rank()
@@ -50,34 +62,16 @@ run = train_method(params, "cls", "sr4ir", raw, lr, sr_init=out / f"pretrain{ran
 torch.save(run.states, out / f"sr4ir{rank}.pt")
 report["sr4ir_history"] = run.history
 
-# Gradient averaging: a parameter with a gradient on rank 0 only, one with a gradient nowhere.
-a, b = torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(2))
-if rank == 0:
-    a.grad = torch.tensor([2.0, 4.0, 6.0])
-report["bad_ranks"] = distributed.average_gradients([a, b], bad=rank == 1)
-report["a_grad"], report["b_grad_is_none"] = a.grad.tolist(), b.grad is None
-
-# Overlap: buckets sent during the backward give, bit for bit, the means of averaging after it; a layer used
-# on rank 0 only (its bucket last) counts as zero on rank 1 and holds back no earlier bucket there.
+# DDP's math by hand (tests/test_distributed.py hand_sr4ir): two SR4IR steps with TDP on a fixed global batch.
 torch.manual_seed(0)
-net, unused = torch.nn.Sequential(*[torch.nn.Linear(64, 64) for _ in range(6)]), torch.nn.Linear(64, 64)
-ps = [*unused.parameters(), *net.parameters()]
-x = torch.randn(8, 64, generator=torch.Generator().manual_seed(rank))
-def backward():
-    for p in ps:
-        p.grad = None
-    y = net(x)
-    (unused(y) if rank == 0 else y).square().mean().backward()
-averager = distributed.GradientAverager(ps, overlap=True, first_bucket_bytes=4096, bucket_bytes=20000)
-with averager:
-    backward()
-averager.finish()
-overlapped = [p.grad.clone() for p in ps]
-backward()
-distributed.average_gradients(ps)
-report["overlap"] = {"buckets": len(averager.buckets), "in_backward": averager.launched_in_backward,
-                     "equal": all(torch.equal(a, p.grad) for a, p in zip(overlapped, ps)),
-                     "sums": [p.grad.double().sum().item() for p in ps]}
+s = build_setup(METHODS["sr4ir"], params, build_task("cls", params, raw), sr_init=out / "pretrain0.pt")
+report["wrapped"] = [type(s.sr_ddp).__name__, type(s.rec_ddp).__name__, s.sr_ddp.module is s.sr, s.rec_ddp.module is s.rec]
+s.mix_generator.manual_seed(10 + rank)
+s.sr.train(), s.rec.train()
+for lr_img, hr_img, label in hand_batches():
+    half = slice(rank * 4, rank * 4 + 4)
+    steps.alternate_step(s, Batch(lr=lr_img[half], hr=hr_img[half], target=label[half]), True)
+torch.save({"sr": s.sr.state_dict(), "rec": s.rec.state_dict()}, out / f"hand{rank}.pt")
 
 # A non-finite TDP loss on rank 1 only: both ranks stop at the same step, before any update.
 real = steps.tdp_loss
@@ -245,30 +239,97 @@ def test_the_ranks_stay_in_step_and_agree_on_every_record(torchrun):
         a, b = (torch.load(out / f"{stage}{r}.pt", weights_only=True) for r in range(2))
         if stage == "pretrain":
             a, b = {"sr": a}, {"sr": b}
-        for net in a:  # parameters and BatchNorm buffers alike
+        for net in a:  # parameters; BatchNorm buffers are rank 0's (DDP: rank 1's own updates since its last forward)
             for k, v in a[net].items():
-                assert torch.equal(v, b[net][k]), f"{stage} {net}.{k} differs between the ranks"
+                assert k.endswith(_BUFFERS) or torch.equal(v, b[net][k]), f"{stage} {net}.{k} differs between the ranks"
     r0, r1 = torchrun["ranks"]
     strip = lambda h: [{k: v for k, v in rec.items() if not k.startswith("time/")} for rec in h]  # noqa: E731
     assert strip(r0["sr4ir_history"]) == strip(r1["sr4ir_history"])
     assert len(r0["sr4ir_history"]) == 2 and "val/top1" in r0["sr4ir_history"][-1]
 
 
-@pytest.mark.slow
-def test_buckets_are_sent_during_the_backward_and_average_exactly(torchrun):
-    r0, r1 = (r["overlap"] for r in torchrun["ranks"])
-    assert r0["buckets"] == r1["buckets"] >= 4
-    assert r0["in_backward"] == r0["buckets"]  # every bucket left before the backward ended
-    assert 1 <= r1["in_backward"] < r1["buckets"]  # all but the bucket of the layer rank 1 never used
-    assert r0["equal"] and r1["equal"]
-    assert r0["sums"] == r1["sums"]  # the same means on both ranks, the unused layer's included
+_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def hand_sr4ir(params, raw: Path, sr_init: Path) -> dict[str, dict[str, torch.Tensor]]:
+    """Two SR4IR steps of 2 processes (4 images each) in this one process, written out with DDP's documented
+    math: every update uses the mean of the two ranks' gradients; BatchNorm buffers are rank 0's
+    (``broadcast_buffers=True``: rank 0's at the start of every forward, so rank 1's forwards, in train mode,
+    leave no trace); each rank draws its CQMix masks from its own stream; the phase-1 critic is rank 0's."""
+    import torch.nn.functional as F
+
+    from src.cqmix import cqmix
+    from src.experiment import build_setup
+    from src.losses import tdp_loss
+    from src.methods import METHODS
+    from src.tasks import build_task
+    from src.tasks.base import weighted_sum
+
+    torch.set_num_threads(1)  # as each torchrun process (OMP_NUM_THREADS=1): the same float sums, bit for bit
+    torch.manual_seed(0)
+    s = build_setup(METHODS["sr4ir"], params, build_task("cls", params, raw), sr_init=sr_init)
+    assert s.sr_ddp is None and s.rec_ddp is None  # one process: the bare networks
+    cfg, gens = s.loss, [torch.Generator().manual_seed(10 + r) for r in range(2)]
+    assert cfg.recompute_sr_phase2 and not cfg.phase2_batched and not s.tdp_batched
+    s.sr.train(), s.rec.train()
+
+    def mean_step(opt, losses):  # backward each rank's loss on its own, then step with the mean gradient
+        params = [p for g in opt.param_groups for p in g["params"]]
+        grads = []
+        for r, loss in enumerate(losses):
+            kept = [b.clone() for b in s.rec.buffers()]
+            opt.zero_grad(set_to_none=True)
+            loss().backward()
+            grads.append([p.grad.clone() for p in params])
+            if r == 1:  # rank 1's running-statistics updates are overwritten by rank 0's at the next DDP forward
+                for b, k in zip(s.rec.buffers(), kept):
+                    b.copy_(k)
+        for p, g0, g1 in zip(params, *grads):
+            p.grad = (g0 + g1) / 2
+        opt.step()
+
+    for lr_img, hr_img, label in hand_batches():
+        halves = [(lr_img[r * 4:r * 4 + 4], hr_img[r * 4:r * 4 + 4], label[r * 4:r * 4 + 4]) for r in range(2)]
+
+        def phase1(lr, hr, _y):
+            sr_out = s.sr(lr)
+            with s.task.frozen(s.rec):  # rank 0's critic on both ranks
+                with torch.no_grad():
+                    f_hr = s.task.features(s.rec, hr)
+                f_sr = s.task.features(s.rec, sr_out)
+            return cfg.pix_weight * F.l1_loss(sr_out, hr) + cfg.tdp_weight * tdp_loss(f_sr, f_hr, s.tdp_layers)
+
+        def phase2(r, lr, hr, y):
+            with torch.no_grad():
+                sr_out = s.sr(lr)
+            mixed = cqmix(sr_out, hr, s.cqmix_grid, cfg.cqmix_p, gens[r])
+            task = lambda x: weighted_sum(s.task.losses(s.rec, x, y), s.task_loss_weights)  # noqa: E731
+            return cfg.sr_weight * task(sr_out) + cfg.hr_weight * task(hr) + cfg.cqmix_weight * task(mixed)
+
+        mean_step(s.opt_sr, [lambda h=h: phase1(*h) for h in halves])
+        mean_step(s.opt_rec, [lambda r=r, h=h: phase2(r, *h) for r, h in enumerate(halves)])
+    return {"sr": s.sr.state_dict(), "rec": s.rec.state_dict()}
 
 
 @pytest.mark.slow
-def test_gradients_are_averaged_and_a_non_finite_loss_on_one_rank_stops_both(torchrun):
-    for report in torchrun["ranks"]:
-        assert report["a_grad"] == [1.0, 2.0, 3.0]  # (g + nothing) / 2: DDP with unused parameters
-        assert report["b_grad_is_none"] and report["bad_ranks"] == 1
+def test_two_sr4ir_steps_under_ddp_give_the_mean_gradient_updates_computed_by_hand(torchrun, tiny_data):
+    out = torchrun["out"]
+    for report in torchrun["ranks"]:  # each trained network in DDP; setup.sr/rec are its .module
+        assert report["wrapped"] == ["DistributedDataParallel", "DistributedDataParallel", True, True]
+    ddp = torch.load(out / "hand0.pt", weights_only=True)
+    hand = hand_sr4ir(parse_params(RUN), tiny_data[0], out / "pretrain0.pt")
+    for net in ("sr", "rec"):
+        assert ddp[net].keys() == hand[net].keys()  # the bare networks' keys: no "module." prefix
+        diff = max((ddp[net][k].double() - v.double()).abs().max().item() for k, v in hand[net].items())
+        assert diff < 1e-6, f"{net}: {diff}"  # 0.0 on the development machine: (g0 + g1) / 2 is DDP's g0 / 2 + g1 / 2
+    one = torch.load(out / "hand1.pt", weights_only=True)  # rank 1: the same parameters, bit for bit
+    for net in ("sr", "rec"):
+        for k, v in ddp[net].items():
+            assert k.endswith(_BUFFERS) or torch.equal(v, one[net][k]), f"{net}.{k} differs between the ranks"
+
+
+@pytest.mark.slow
+def test_a_non_finite_loss_on_one_rank_stops_both_before_any_update(torchrun):
     r0, r1 = torchrun["ranks"]
     assert "non-finite SR4IR phase-1 loss in 1 of 2 processes, at step 1 of sr4ir epoch 2/2" in r0["error"]
     assert "loss_tdp=nan" in r1["error"] and "at step 1 of sr4ir epoch 2/2" in r1["error"]
@@ -336,6 +397,38 @@ def test_only_rank_0_writes_and_tracks(stages):
     stray = [p for p in two.rglob("*") if p.name.startswith(".") or p.name.endswith(".tmp")]
     assert stray == []  # no atomic-write leftovers from a second writer
     assert [p for p in (two / "checkpoints").rglob("*") if p.is_file()] == []  # removed after the outputs
+
+
+@pytest.mark.slow
+def test_two_nodes_train_the_same_weights_as_one_node_with_two_processes(stages, tmp_path, tiny_data):
+    """Two "machines" on 127.0.0.1, each its own folder, params.yaml and launcher (one process each, Gloo,
+    c10d rendezvous): node 0 writes what one node with two processes wrote; node 1 writes nothing."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    nodes = []
+    for node in range(2):
+        work = _stage_dir(tmp_path / f"node{node}", tiny_data, 1)
+        params = yaml.safe_load((work / "params.yaml").read_text())
+        params["train"] |= {"nnodes": 2, "rdzv_endpoint": "127.0.0.1:1"}  # the environment overrides the endpoint
+        (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        env = _env(MLFLOW_TRACKING_URI=f"sqlite:///{work / 'mlflow.db'}", PET_NODE_RANK=str(node),
+                   PET_RDZV_ENDPOINT=f"127.0.0.1:{port}")
+        nodes.append((work, subprocess.Popen([sys.executable, "-m", "pipeline.pretrain_sr"], cwd=work, env=env,
+                                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)))
+    for work, proc in nodes:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-4000:]
+        (work / "stderr.txt").write_text(err)
+    node0, node1 = (work for work, _ in nodes)
+    assert "pipeline.pretrain_sr: 2 processes (torchrun, gloo)" in (node0 / "stderr.txt").read_text()
+    two_nodes = torch.load(node0 / "models/sr_pretrained.pt", weights_only=True)
+    one_node = torch.load(stages[2] / "models/sr_pretrained.pt", weights_only=True)
+    assert two_nodes.keys() == one_node.keys()
+    assert max((two_nodes[k] - v).abs().max().item() for k, v in one_node.items()) < 1e-6
+    assert not (node1 / "models").exists() and not (node1 / "metrics").exists()  # rank 0 alone writes, on node 0
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -224,7 +224,8 @@ class PairedDataset(Dataset):
             hr, lr = hr.flip(-1), None
             target = self.target_io.hflip(target, hr.shape[-1]) if self.target_io else None
         s = self.degrade_cfg.scale if self.degrade_cfg else 1
-        if lr is None and not hr.shape[-1] % s and not hr.shape[-2] % s:
+        # Whole images of several sizes are degraded as their batch's canvas (collate); a crop fills its own.
+        if lr is None and (self.view.crop or not self.variable_size) and not hr.shape[-1] % s and not hr.shape[-2] % s:
             lr = degrade(hr[None], self.degrade_cfg)[0]
         return lr, hr, target
 
