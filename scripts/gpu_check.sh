@@ -47,7 +47,7 @@ stage 60 "bench bf16 + channels_last" "$PY" -m src.bench --device cuda --tasks c
 stage 90 "bench bf16 + channels_last + compile (cls paper)" "$PY" -m src.bench --device cuda --tasks cls --sizes paper \
     --steps "$STEPS" --warmup 3 --amp bf16 --channels-last --compile --out "$OUTDIR"
 GPUS=$("$PY" -c 'import torch; print(torch.cuda.device_count())')
-if [[ "$GPUS" -ge 2 ]]; then  # one NCCL process per GPU: the all-reduce overlapped with the backward, or not
+if [[ "$GPUS" -ge 2 ]]; then  # one NCCL process per GPU: DDP's step against one process and no communication
     stage 150 "bench_dist on $GPUS GPUs (NCCL)" "$PY" -m src.bench_dist --device cuda --nproc "$GPUS" \
         --tasks cls,seg,det --sizes paper --steps "$STEPS" --warmup 2 --out "$OUTDIR"
 fi

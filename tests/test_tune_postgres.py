@@ -7,6 +7,7 @@ cannot start."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -54,8 +55,9 @@ def _args(env, storage: str, out: str, params: Path | None = None) -> list[str]:
 
 def _worker(args: list[str], n: int, log: Path) -> subprocess.Popen:
     """`python -m src.tune` in its own process, as a second machine would run it."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")  # two workers on a 2-core machine: one thread each
     return subprocess.Popen([sys.executable, "-m", "src.tune", *args, "--heartbeat", "1", "--n-trials", str(n)],
-                            cwd=ROOT, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+                            cwd=ROOT, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env)
 
 
 def _wait(procs: list[subprocess.Popen], logs: list[Path], timeout: float = 300) -> None:
