@@ -389,7 +389,6 @@ def test_train_and_evaluate_stages_count_skipped_samples_in_their_metrics(data, 
 import struct
 import zlib
 
-from src.data import images
 from src.data.images import ImageError, decode_rgb
 from src.data.sources import inspect_source, prepare_source
 
@@ -522,7 +521,7 @@ def _cls_folder(root: Path, size: tuple[int, int] = (32, 32)) -> Path:
     return root
 
 
-def _folder_params(root: Path, **data) -> "DataConfig":
+def _folder_params(root: Path, **data):
     return parse_params({"data": {"name": "folder", "folder": str(root), "image_size": 16, **data}, "tasks": ["cls"]},
                         "params.yaml").data
 

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from src.config import DegradeConfig
 from src.data.images import decode_rgb

@@ -165,9 +165,9 @@ def load(cfg: DataConfig) -> SourceData:
         raise DataError(f"{root}: train/ serves {sorted(kinds['train'])} but val/ serves {sorted(kinds['val'])}; "
                         "both splits need the same annotations")
     tasks = kinds["train"]
-    for annotations in (root / "classes.json", *(root / s / "instances.json" for s in SPLITS)):
-        if annotations.exists():  # images and masks: src.data.sources.check_files
-            check_inside(annotations, root)
+    for annotation_file in (root / "classes.json", *(root / s / "instances.json" for s in SPLITS)):
+        if annotation_file.exists():  # images and masks: src.data.sources.check_files
+            check_inside(annotation_file, root)
     classes_file = root / "classes.json"
     class_names = _class_names_file(root)
     cocos = {s: _read_coco(root / s / "instances.json") for s in SPLITS} if "det" in tasks else {}
