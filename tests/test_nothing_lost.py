@@ -24,7 +24,9 @@ OUTPUTS = ("data", "models", "metrics", "reports", "samples", "dvc.lock")
 
 
 def _make_repro(cwd: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PATH=f"{VENV / 'bin'}{os.pathsep}{os.environ['PATH']}",
+    # As a user types it at a shell: not as a sub-make of `make test` (which would print "Entering directory")
+    shell = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+    env = dict(shell, PATH=f"{VENV / 'bin'}{os.pathsep}{os.environ['PATH']}",
                MLFLOW_TRACKING_URI=f"sqlite:///{cwd / 'mlflow.db'}")
     stamp = VENV / ".installed"
     return subprocess.run(["make", "-o", str(stamp), "repro", f"VENV={VENV}"], cwd=cwd, env=env,
