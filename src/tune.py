@@ -14,6 +14,10 @@ study too, and --max-trials caps the study's total. Trials of a killed worker ar
 once when a worker next starts (heartbeats). A trial whose loss turns NaN, or that runs out of memory,
 is recorded as failed with its reason and the study goes on.
 
+--seeds N trains every trial with the same N seeds (seed, seed + 1, ...) and scores their mean; the summary
+then says whether the best trial beats the paper's setting beyond that noise (paired 95 % t-interval over the
+seeds, src/stats.py); with one seed it says the difference cannot be told from noise.
+
 Outputs in reports/tune/<task>/: best_params.yaml, trials.csv and figures (optimisation history,
 parameter importances, the metric over the two parameters; the Pareto front for --objectives task,psnr).
 --apply writes the best values into params.yaml (comments and order kept), so the next `dvc repro`
@@ -45,6 +49,7 @@ import yaml
 
 from src.config import ConfigError, Params, load_params, parse_params, read_params_file
 from src.experiment import TrainResult, train_method
+from src.stats import NOT_RESOLVED, mean_interval, paired_difference, verdict
 from src.tasks import TASKS
 from src.tracking import EpochLogger, Tracker
 from src.utils import atomic_path, write_text_atomic
@@ -105,12 +110,20 @@ class PruneCallback:
             raise optuna.TrialPruned(f"pruned after epoch {epoch} ({self.key} = {value:.2f})")
 
 
+def trial_seeds(params: Params, n: int) -> list[int]:
+    """The seeds a trial trains with: ``seed``, ``seed + 1``, ... (the same for every trial, so trials pair)."""
+    return [params.seed + k for k in range(n)]
+
+
 class Objective:
+    """One trial: SR4IR on the tuning budget for each of ``seeds`` seeds; the score is the mean over them."""
+
     def __init__(self, raw: dict, task: str, objectives: Sequence[str], paths: argparse.Namespace,
-                 tracker: Tracker, parent_run: str | None, train_fn: TrainFn = train_method):
+                 tracker: Tracker, parent_run: str | None, train_fn: TrainFn = train_method, seeds: int = 1):
         self.raw, self.task, self.objectives, self.paths = raw, task, list(objectives), paths
         self.tracker, self.parent_run, self.train_fn = tracker, parent_run, train_fn
         self.primary = TASKS[task].primary_metric
+        self.seeds = seeds
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
         params = trial_params(self.raw, self.task, suggest(trial, parse_params(self.raw)))
@@ -118,14 +131,13 @@ class Objective:
                                      params=trial.params, parent_run_id=self.parent_run)
         trial.set_user_attr("mlflow_run_id", run or "")
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")  # which machine and process ran it
-        callbacks: list[Any] = [EpochLogger(self.tracker, run)]
-        if len(self.objectives) == 1:  # Optuna cannot prune multi-objective studies
-            callbacks.append(PruneCallback(trial, f"val/{self.primary}"))
         t0 = time.perf_counter()
+        metrics, psnrs = [], []
         try:
-            result = self.train_fn(params, self.task, "sr4ir", self.paths.raw, self.paths.lr, sr_init=self.paths.sr_init,
-                                   callbacks=callbacks, train_fraction=params.tune.data_fraction,
-                                   monitor_fraction=1.0)  # the objective is the last epoch's score on the whole split
+            for k, seed in enumerate(trial_seeds(params, self.seeds)):
+                metric, psnr = self._one_seed(trial, run, params.model_copy(update={"seed": seed}), first=k == 0)
+                metrics.append(metric)
+                psnrs.append(psnr)
         except optuna.TrialPruned:
             self.tracker.set_tags(run, {"optuna.state": "PRUNED"})
             self.tracker.end_run(run, "KILLED")
@@ -135,13 +147,36 @@ class Objective:
             self.tracker.set_tags(run, {"optuna.state": "FAIL", "fail_reason": str(err)[:500]})
             self.tracker.end_run(run, "FAILED")
             raise
-        last = result.history[-1]
-        metric, psnr = last[f"val/{self.primary}"], last.get("val/psnr", float("nan"))
+        metric, psnr = math.fsum(metrics) / len(metrics), math.fsum(psnrs) / len(psnrs)
+        if len(metrics) > 1:
+            trial.set_user_attr("seed_values", metrics)
+            trial.set_user_attr("seed_sd", mean_interval(metrics).sd)
         trial.set_user_attr("psnr", psnr)
         trial.set_user_attr("seconds", time.perf_counter() - t0)
         self.tracker.set_tags(run, {"optuna.state": "COMPLETE"})
         self.tracker.end_run(run, "FINISHED")
         return (metric, psnr) if len(self.objectives) == 2 else metric
+
+    def _one_seed(self, trial: optuna.Trial, run: str | None, params: Params, first: bool) -> tuple[float, float]:
+        """The last epoch's val metric and PSNR of one seed. One seed: the trial's own run holds the curves;
+        several: a child run per seed. The first seed's curve alone feeds the pruner (one report per epoch)."""
+        seed_run = run if self.seeds == 1 else self.tracker.start_run(
+            f"trial-{trial.number}/seed-{params.seed}", tags={"optuna.trial": str(trial.number), "seed": str(params.seed)},
+            params={"seed": params.seed}, parent_run_id=run)
+        callbacks: list[Any] = [EpochLogger(self.tracker, seed_run)]
+        if len(self.objectives) == 1 and first:  # Optuna cannot prune multi-objective studies
+            callbacks.append(PruneCallback(trial, f"val/{self.primary}"))
+        status = "KILLED"
+        try:
+            result = self.train_fn(params, self.task, "sr4ir", self.paths.raw, self.paths.lr, sr_init=self.paths.sr_init,
+                                   callbacks=callbacks, train_fraction=params.tune.data_fraction,
+                                   monitor_fraction=1.0)  # the objective is the last epoch's score on the whole split
+            status = "FINISHED"
+        finally:
+            if seed_run != run:
+                self.tracker.end_run(seed_run, status)
+        last = result.history[-1]
+        return last[f"val/{self.primary}"], last.get("val/psnr", float("nan"))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -233,6 +268,25 @@ def best_values(study: optuna.Study) -> list[dict[str, Any]]:
              "psnr": t.user_attrs.get("psnr")} for t in trials]
 
 
+def against_paper_setting(study: optuna.Study) -> dict[str, Any]:
+    """Whether the best trial beats the paper's setting (the study's first trial) beyond training noise: the
+    paired difference over the seeds both trained with (``--seeds``), its 95 % t-interval and verdict."""
+    best = study.best_trial
+    paper = next((t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE
+                  and all(t.params.get(k) == v for k, v in PAPER_DEFAULT.items())), None)
+    if paper is None:
+        return {"verdict": NOT_RESOLVED, "why": "the paper's setting has no complete trial"}
+    if best.number == paper.number:
+        return {"verdict": NOT_RESOLVED, "why": "the paper's setting is the best trial"}
+    a, b = best.user_attrs.get("seed_values"), paper.user_attrs.get("seed_values")
+    if not a or not b or len(a) != len(b):
+        return {"verdict": NOT_RESOLVED, "why": "one seed per trial: a difference cannot be told from training noise "
+                                                "(tune with --seeds 3 or more)"}
+    diff = paired_difference(a, b)
+    return {"difference": round(diff.mean, 3), "ci95": [round(diff.low, 3), round(diff.high, 3)], "n_seeds": diff.n,
+            "verdict": verdict(diff)}
+
+
 def write_outputs(study: optuna.Study, out: Path, task: str, objectives: Sequence[str]) -> None:
     import matplotlib
 
@@ -251,6 +305,8 @@ def write_outputs(study: optuna.Study, out: Path, task: str, objectives: Sequenc
                                           if any(t.state == s for t in study.trials)}}
     if complete:
         summary["best" if len(objectives) == 1 else "pareto_front"] = best_values(study)
+        if len(objectives) == 1:
+            summary["best_vs_paper_setting"] = against_paper_setting(study)
     write_text_atomic(out / "best_params.yaml", yaml.safe_dump(summary, sort_keys=False))
 
     plots: dict[str, Callable[[], Any]] = {}
@@ -324,6 +380,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heartbeat", type=int, default=20, metavar="S",
                    help="seconds between a running trial's heartbeats; a trial silent for 3 of them is taken "
                         "as killed: failed, and retried once by the next worker to start (default 20)")
+    p.add_argument("--seeds", type=int, default=1, metavar="N",
+                   help="train each trial with N seeds (seed, seed+1, ...) and score it by their mean; with N >= 2 "
+                        "best_params.yaml says whether the best beats the paper's setting beyond noise (default 1)")
     p.add_argument("--no-mlflow", action="store_true", help="do not log trials to MLflow")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # internal: one of --workers
     return p
@@ -336,6 +395,8 @@ def _validate(args: argparse.Namespace, params: Params) -> None:
         raise ConfigError(f"--heartbeat: must be >= 1 second, got {args.heartbeat}")
     if args.workers < 1:
         raise ConfigError(f"--workers: must be >= 1, got {args.workers}")
+    if args.seeds < 1:
+        raise ConfigError(f"--seeds: must be >= 1, got {args.seeds}")
     if args.max_trials is not None and args.max_trials < 1:
         raise ConfigError(f"--max-trials: must be >= 1, got {args.max_trials}")
     if args.task not in params.tasks:
@@ -387,7 +448,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
     elif args.n_trials:
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
-        objective = Objective(raw, args.task, objectives, args, tracker, parent)
+        objective = Objective(raw, args.task, objectives, args, tracker, parent, seeds=args.seeds)
         optimize(study, objective, args.n_trials, args.max_trials)
     if args.worker:
         return 0
@@ -400,6 +461,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if done and len(objectives) == 1:
         best = study.best_trial
         log.info("best: trial %d, %s = %.2f, params %s", best.number, TASKS[args.task].primary_metric, best.value, best.params)
+        vs = against_paper_setting(study)
+        log.info("best vs the paper's setting: %s", f"{vs['difference']:+.2f} points, 95 % CI {vs['ci95']}, "
+                 f"{vs['verdict']} over {vs['n_seeds']} seeds" if "difference" in vs else f"{vs['verdict']} ({vs['why']})")
     if args.apply:
         if not done or len(objectives) != 1:
             print("error: --apply needs a single-objective study with a complete trial", file=sys.stderr)

@@ -6,7 +6,6 @@ import argparse
 import contextlib
 import copy
 import difflib
-import os
 import shutil
 from pathlib import Path
 
@@ -85,10 +84,10 @@ def test_max_trials_caps_the_study(env):
     assert len(_study(env.storage).trials) == 2
 
 
-def _objective(env, train_fn, objectives=("task",)):
+def _objective(env, train_fn, objectives=("task",), seeds=1):
     raw = yaml.safe_load(env.params.read_text())
     paths = argparse.Namespace(raw=env.raw, lr=env.lr, sr_init=env.sr_init)
-    return tune.Objective(raw, "cls", list(objectives), paths, Tracker("x", enabled=False), None, train_fn)
+    return tune.Objective(raw, "cls", list(objectives), paths, Tracker("x", enabled=False), None, train_fn, seeds=seeds)
 
 
 def test_a_nan_trial_is_marked_failed_and_the_study_goes_on(env):
@@ -107,6 +106,34 @@ def test_a_nan_trial_is_marked_failed_and_the_study_goes_on(env):
     states = [t.state for t in study.trials]
     assert states == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE]
     assert "nan" in study.trials[1].user_attrs["fail_reason"]
+
+
+@pytest.mark.parametrize("seeds", [1, 3])
+def test_seeds_score_a_trial_by_their_mean_and_say_whether_the_best_beats_the_paper_setting(env, seeds):
+    params = parse_params(yaml.safe_load(env.params.read_text()))
+    study = tune.open_study(f"seeds{seeds}", tune.storage_for(env.storage), params, 1)
+    seen = []
+
+    def train_fn(p, *args, callbacks=(), **kwargs):
+        seen.append((p.train.sr4ir.cqmix_p, p.seed))
+        top1 = 50.0 + p.seed if p.train.sr4ir.cqmix_p == 0.5 else 60.0 + 0.5 * p.seed  # +10, +9.5, +9 over the paper's
+        return TrainResult({}, [{"epoch": 1, "val/top1": top1, "val/psnr": 20.0 + p.seed}], 0.0)
+
+    study.enqueue_trial(tune.PAPER_DEFAULT)
+    study.enqueue_trial({"tdp_weight": 1.0, "cqmix_p": 0.2})
+    tune.optimize(study, _objective(env, train_fn, seeds=seeds), 2, None)
+    assert seen == [(p, s) for p in (0.5, 0.2) for s in range(seeds)]  # the same seeds for every trial: they pair
+    paper, best = study.trials
+    assert paper.value == pytest.approx(50.0 + (seeds - 1) / 2) and best.value == pytest.approx(60.0 + (seeds - 1) / 4)
+    assert paper.user_attrs["psnr"] == pytest.approx(20.0 + (seeds - 1) / 2)
+    vs = tune.against_paper_setting(study)
+    if seeds == 1:
+        assert "seed_values" not in best.user_attrs
+        assert vs["verdict"] == "not resolved" and "one seed per trial" in vs["why"]
+    else:
+        assert best.user_attrs["seed_values"] == [60.0, 60.5, 61.0] and best.user_attrs["seed_sd"] == pytest.approx(0.5)
+        assert vs["difference"] == pytest.approx(9.5) and vs["n_seeds"] == 3 and vs["verdict"] == "holds"
+        assert vs["ci95"][0] > 0
 
 
 def test_pruning_stops_an_obviously_bad_trial(env):
