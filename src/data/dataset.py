@@ -2,7 +2,9 @@
 
 Every sample is checked when the dataset is built, in the main process and before any training: both
 images decode completely (a truncated PNG included), the split has one HR size (a batch stacks them) and
-one integer scale (LR * k == HR), and the task's targets load (class ids, boxes, mask sizes). A bad
+one integer scale (LR * k == HR), or with ``variable_size`` (the paper's protocol) each stored LR is its
+image's evaluation view degraded, and the task's targets load (class ids, boxes, mask sizes). Samples are
+cropped, flipped and put on a batch canvas as ``src.data.transforms`` says. A bad
 sample is an error naming the file and the problem (``data.on_bad_sample: error``, the default) or is
 dropped and listed in ``dataset.skipped`` (``skip``); a DataLoader worker never meets one.
 

@@ -5,9 +5,9 @@ Kaggle's "stanford-car-dataset-by-classes-folder" holds ``car_data/car_data/{tra
 zip (or its extracted ``car_data`` folder) in ``data.cache_dir``. As the official preprocessing, ``test``
 becomes ``val``; class ids are the sorted class folder names of ``train`` (torchvision ``ImageFolder``).
 
-Deviation: the paper resizes to 256 (short side) and crops 224, randomly for training and centrally for
-evaluation; here every image is resized to a ``data.image_size`` short side and centre-cropped once
-(``common.py``), so training sees no random crop.
+The paper resizes to 256 (short side) and crops 224, randomly for training and centrally for evaluation:
+``configs/paper/cls_cars.yaml`` sets exactly that (``data.resize: short_side``, ``train_crop``/``eval_crop``
+224); the default ``resize: square`` centre-crops every image once (``common.py``).
 """
 
 from __future__ import annotations

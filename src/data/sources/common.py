@@ -2,12 +2,13 @@
 
 A converter (``voc.py``, ``cars.py``, ``cub.py``, ``folder.py``) only lists its samples as ``Item``s with
 annotations in the source's own pixel coordinates; ``write_split`` turns them into the canonical layout of
-``src/data/prepare.py``. Every HR image of a split must have one size (a batch stacks them and nothing
-crops later), so each image is resized so that its shorter side is ``data.image_size`` (bilinear, which
-PIL antialiases when shrinking; masks nearest) and the centre square of that side is kept, with
-torchvision's ``Resize(int)`` + ``CenterCrop`` rounding. Boxes are scaled, clipped to the square and dropped
-when less than ``MIN_BOX_SIDE`` pixels of them remain; images left with no box are kept (the official VOC
-loader keeps empty images too).
+``src/data/prepare.py``. Each image is resized so that its shorter side is ``data.image_size`` (bilinear,
+which PIL antialiases when shrinking; masks nearest; torchvision's ``Resize(int)`` rounding), then with
+``data.resize: square`` the centre square of that side is kept (``CenterCrop`` rounding: one HR size per
+split), or with ``short_side`` (the paper's protocol) the whole resized image (``image_size`` 0: the source
+size), which the loaders crop per sample. Boxes are scaled, clipped to the kept window and dropped when less
+than ``MIN_BOX_SIDE`` pixels of them remain; images left with no box are kept (the official VOC loader keeps
+empty images too).
 """
 
 from __future__ import annotations

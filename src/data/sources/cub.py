@@ -7,8 +7,8 @@ and ``classes.txt`` (class name). The user places the archive (or its extracted 
 class number - 1, which is also torchvision ``ImageFolder``'s order of the zero-padded folder names the
 official preprocessing creates; ``classes.json`` holds the ``classes.txt`` names (``001.Black_footed_Albatross``).
 
-Deviation: as for Stanford Cars (``cars.py``), one resize to a ``data.image_size`` short side and a centre
-crop replace the paper's Resize(256) + RandomCrop/CenterCrop(224).
+As for Stanford Cars (``cars.py``): ``configs/paper/cls_cub.yaml`` sets the paper's Resize(256) +
+RandomCrop/CenterCrop(224); the default ``resize: square`` centre-crops every image once.
 """
 
 from __future__ import annotations

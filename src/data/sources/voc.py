@@ -18,11 +18,12 @@ What is written, and how it differs from the official recipe (method doc section
   ``difficult`` and ``truncated`` ignored (difficult objects are ordinary ground truth), annotation ids from 1.
   Image ids are integers 1..N with the stem in ``file_name`` (the official ids are the string stems; the
   pipeline's detection targets carry integer ids). ``voc_to_coco`` is that conversion, at full resolution.
-* **Size.** A split batches one HR size and nothing crops later, so every image is resized to a shorter side
-  of ``data.image_size`` and centre-cropped square (``common.py``): boxes are scaled, clipped and dropped when
-  degenerate, masks resized nearest; images left without a box are kept, as the official loader keeps empty
-  VOC images. The paper instead trains segmentation on random 480 crops of a 520 short side, evaluates at a
-  520 short side, and detects on full images: border content outside the square is lost here.
+* **Size** (``common.py``). ``data.resize: square`` (the default): every image resized to a shorter side of
+  ``data.image_size`` and centre-cropped square, one HR size per split. ``short_side`` (the paper profiles):
+  the aspect ratio kept (seg: 520; det: ``image_size: 0``, the source size), the random 480 crops and the
+  per-image evaluation done by the loaders (``src.data.transforms``). Boxes are scaled (and clipped, dropped
+  when degenerate, by a square crop), masks resized nearest; images left without a box are kept, as the
+  official loader keeps empty VOC images.
 """
 
 from __future__ import annotations
