@@ -435,8 +435,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.n_trials:
             parent = tracker.find_run(study_tags) or tracker.start_run(f"study/{name}", tags=study_tags)
 
-    if args.workers > 1 and args.n_trials:
-        shares = [args.n_trials // args.workers + (i < args.n_trials % args.workers) for i in range(args.workers)]
+    n_left = args.n_trials
+    if args.workers > 1 and n_left:
+        # Queued trials (the paper's setting, retries) run here first: on SQLite, which has no row locks, two
+        # workers starting together could both take the same queued trial.
+        queued = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)))
+        if queued:
+            torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
+            optimize(study, Objective(raw, args.task, objectives, args, tracker, parent, seeds=args.seeds),
+                     min(queued, n_left), args.max_trials)
+            n_left -= min(queued, n_left)
+    if args.workers > 1 and n_left:
+        shares = [n_left // args.workers + (i < n_left % args.workers) for i in range(args.workers)]
         base = [a for a in (argv if argv is not None else sys.argv[1:])]
         cmd = [sys.executable, "-m", "src.tune", *_strip(base, {"--workers", "--n-trials", "--apply"}), "--worker",
                "--study-name", name]
@@ -446,7 +456,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if any(codes):
             print(f"error: a worker exited with {codes}", file=sys.stderr)
             return 1
-    elif args.n_trials:
+    elif args.workers == 1 and args.n_trials:
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
         objective = Objective(raw, args.task, objectives, args, tracker, parent, seeds=args.seeds)
         optimize(study, objective, args.n_trials, args.max_trials)
