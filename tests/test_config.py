@@ -3,9 +3,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from pydantic import BaseModel
 
-from src.config import ConfigError, Params, load_params, parse_params
+from src.config import ConfigError, Params, load_params, parse_params, unset_keys
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -15,22 +14,10 @@ def test_repository_params_load_and_match_the_documented_defaults():
     assert params == Params()  # params.yaml spells out every default, so nothing is hidden in code
 
 
-def _unset_keys(model: type[BaseModel], section: object, prefix: str = "") -> list[str]:
-    if not isinstance(section, dict):
-        return [prefix.rstrip(".") or "(top level)"]
-    unset = []
-    for name, field in model.model_fields.items():
-        if name not in section:
-            unset.append(prefix + name)
-        elif isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
-            unset += _unset_keys(field.annotation, section[name], f"{prefix}{name}.")
-    return unset
-
-
 def test_params_yaml_sets_every_key():
     """No default of src/config.py reaches a stage: what makes config.py output-neutral (tests/test_dvc_deps.py)."""
-    assert _unset_keys(Params, yaml.safe_load((ROOT / "params.yaml").read_text())) == []
-    assert _unset_keys(Params, {"seed": 0, "train": {"epochs": 2}})[:2] == ["device", "tasks"]  # the check can fail
+    assert unset_keys(Params, yaml.safe_load((ROOT / "params.yaml").read_text())) == []
+    assert unset_keys(Params, {"seed": 0, "train": {"epochs": 2}})[:2] == ["device", "tasks"]  # the check can fail
 
 
 @pytest.mark.parametrize(
