@@ -5,6 +5,10 @@ produced their current outputs. `make repro` calls this with the same SR4IR_PIPE
 `dvc repro`, so even a fully cached repro appears in `mlflow ui`. It is not a DVC stage on purpose: a
 stage that always runs would make `dvc status` report a change forever.
 
+When the report exists, the parent run also gets the study's aggregated table: ``<task>/<method>/mean``,
+``/ci95`` and ``/n`` over the seeds from reports/results.csv, and reports/report.md, report.html and
+results.csv as artifacts (under ``reports/``).
+
 It also says where the time went: the stages' training and evaluation loops against everything else
 (process start, imports, MLflow, data loading, DVC), logged to the parent run as ``time/*``; the share of the
 wall time needs ``$SR4IR_PIPELINE_START`` (`make repro` sets it).
@@ -18,7 +22,8 @@ import time
 from pipeline import _stage, paths
 from src.config import load_params
 from src.methods import TABLE_METHODS
-from src.tracking import PIPELINE_ENV, START_ENV, Tracker, link_cached_stages, pipeline_parent, pipeline_times
+from src.tracking import (PIPELINE_ENV, START_ENV, Tracker, link_cached_stages, log_results, pipeline_parent,
+                          pipeline_times)
 
 
 def _minutes(seconds: float) -> str:
@@ -41,8 +46,13 @@ def main(args: argparse.Namespace) -> None:
     params = load_params()
     tracker = Tracker("sr4ir")
     parent = pipeline_parent(tracker, key)
-    linked = link_cached_stages(tracker, parent, paths.stage_outputs(params.tasks, TABLE_METHODS))
+    linked = link_cached_stages(tracker, parent, paths.stage_outputs(params.tasks, TABLE_METHODS, params.seeds))
     logging.info("track: pipeline run %s, %d cached stages linked", key, len(linked))
+    results = paths.REPORTS / "results.csv"
+    if results.exists():
+        reports = [paths.REPORTS / "report.md", paths.REPORTS / "report.html", results]
+        logged = log_results(tracker, parent, results, reports)
+        logging.info("track: %d aggregated metrics of %s logged to the pipeline run", len(logged), results)
     times = pipeline_times(tracker, parent, wall)
     tracker.end_run(parent)  # the parent's duration spans the whole `make repro`, linking included
     if times and times["stages"]:

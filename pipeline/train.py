@@ -1,4 +1,4 @@
-"""DVC stage `train@<task>-<method>`: train one method of the paper's Table 1 for one task."""
+"""DVC stage `train@<task>-<method>-<seed>`: train one method of the paper's Table 1 for one task and seed."""
 
 import argparse
 import logging
@@ -17,20 +17,22 @@ from src.utils import atomic_path, write_json_atomic
 
 
 def main(args: argparse.Namespace) -> None:
-    params = load_params()
+    params = load_params().with_seed(args.seed)
     method = METHODS[args.method]
-    out = paths.model_dir(args.task, args.method)
-    with stage_run(f"train/{args.task}/{args.method}", params, task=args.task, method=args.method) as run:
-        # Resumes from checkpoints/<task>/<method>.pt when a killed run of the same params left one.
-        ckpt = Checkpointing(paths.checkpoint(args.task, args.method), params.digest(), params.train.checkpoint_every_steps)
+    seed = args.seed
+    out = paths.model_dir(args.task, args.method, seed)
+    name = f"train/{args.task}/{args.method}/{paths.seed_dir(seed)}"
+    with stage_run(name, params, task=args.task, method=args.method, seed=seed) as run:
+        # Resumes from checkpoints/seed<N>/<task>/<method>.pt when a killed run of the same params left one.
+        ckpt = Checkpointing(paths.checkpoint(args.task, args.method, seed), params.digest(), params.train.checkpoint_every_steps)
         result = train_method(
             params,
             args.task,
             args.method,
             paths.RAW,
             paths.LR,
-            sr_init=paths.SR_PRETRAINED if method.reads_pretrained_sr else None,
-            rec_init=paths.model_dir(args.task, method.rec_from) / "rec.pt" if method.rec_from else None,
+            sr_init=paths.sr_pretrained(seed) if method.reads_pretrained_sr else None,
+            rec_init=paths.model_dir(args.task, method.rec_from, seed) / "rec.pt" if method.rec_from else None,
             callbacks=[run.callback],
             checkpoint=ckpt,
         )
@@ -40,7 +42,7 @@ def main(args: argparse.Namespace) -> None:
             tmp.mkdir()
             for name, state in result.states.items():  # sr.pt (when the method has an SR network), rec.pt
                 torch.save(state, tmp / f"{name}.pt")
-        history = paths.train_history(args.task, args.method)
+        history = paths.train_history(args.task, args.method, seed)
         # DVC plots need the same fields in every record: a term not yet computed (TDP in the warm-up) is 0.
         keys = sorted({k for record in result.history for k in record})
         epochs = [{k: record.get(k, 0.0) for k in keys} for record in result.history]
@@ -52,11 +54,12 @@ def main(args: argparse.Namespace) -> None:
         run.tag_identity([out])
         run.log_artifact(history)
         discard(ckpt)
-    logging.info("train %s/%s: %.0f s, last epoch %s", args.task, args.method, result.seconds, result.history[-1])
+    logging.info("train %s/%s seed %d: %.0f s, last epoch %s", args.task, args.method, seed, result.seconds, result.history[-1])
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--task", choices=sorted(TASKS), required=True)
     parser.add_argument("--method", choices=TABLE_METHODS, required=True)
+    parser.add_argument("--seed", type=int, required=True, help="one of seeds in params.yaml")
     _stage.run(main, parser, distributed=True)

@@ -68,7 +68,7 @@ class Strict(BaseModel):
 class SyntheticConfig(Strict):
     """The embedded generator (``src/data/synthetic.py``)."""
 
-    num_train: PosInt = 1000
+    num_train: PosInt = 800
     num_val: PosInt = 400
     image_size: Annotated[int, Field(ge=16)] = 64
     max_objects: PosInt = 3
@@ -194,7 +194,7 @@ class OptimConfig(Strict):
 
 
 class PretrainSRConfig(Strict):
-    epochs: PosInt = 15
+    epochs: PosInt = 10
     batch_size: PosInt = 32
     optim: OptimConfig = OptimConfig(name="adamw", lr=5.0e-4, eta_min=1.0e-6)
 
@@ -316,7 +316,7 @@ class PixelAndTask(Strict):
 
 
 class SR4IRConfig(Strict):
-    warmup_epochs: NonNegInt = 2  # TDP switches on after this many epochs
+    warmup_epochs: NonNegInt = 1  # TDP switches on after this many epochs
     pix_weight: NonNegFloat = 1.0
     tdp_weight: NonNegFloat = 1.0
     sr_weight: NonNegFloat = 0.34  # phase-2 task loss on the SR image
@@ -337,7 +337,7 @@ class SR4IRConfig(Strict):
 
 
 class TrainConfig(Strict):
-    epochs: PosInt = 6
+    epochs: PosInt = 4
     batch_size: PosInt = 32  # the global batch: with nproc processes each takes batch_size / nproc
     # Processes per training stage (pretrain_sr, train*): > 1 runs the stage under torchrun, one per GPU
     # (Gloo on a CPU); pretrain_sr.batch_size and batch_size must be divisible by it. See README "Many GPUs".
@@ -359,7 +359,7 @@ class TrainConfig(Strict):
     # Speed switches of the SR4IR step (python -m src.bench measures them). Off: the exact fp32 step.
     amp: Literal["none", "bf16"] = "none"  # bf16 autocast (close to fp32, not equal; GPU)
     compile: bool = False  # torch.compile the SR network and the recogniser's trunk
-    channels_last: bool = False  # NHWC memory format (same math, float-level differences)
+    channels_last: bool = True  # NHWC memory format (same math, float-level differences)
     tdp_batched: bool = False  # SR and HR TDP features in one forward (exact; slower on CPU, see bench)
     # The official detection warm-up: over epoch 1 every optimiser's lr ramps linearly from 1/iters to 1 with
     # the cosine held, which then runs over epochs 2..E (SR4IR's cycles: [W - 1, E - W] epochs). src/optim.py.
@@ -410,6 +410,7 @@ class EvalConfig(Strict):
     # LPIPS (VGG, v0.1) of SR methods and L2T, same crop as PSNR. auto: when torchvision's VGG16 weights are already in
     # the torch hub cache (never downloaded by a stage; otherwise the metrics say why it is missing); off: never.
     lpips: Literal["auto", "off"] = "auto"
+    bootstrap: PosInt = 1000  # resamples of the val images for the one-seed report's intervals (src.bootstrap)
 
 
 class SearchRange(Strict):
@@ -435,7 +436,7 @@ class PrunerConfig(Strict):
 class TuneConfig(Strict):
     """``python -m src.tune``: a shortened SR4IR budget per trial and the search space."""
 
-    epochs: PosInt = 4
+    epochs: PosInt = 3
     warmup_epochs: NonNegInt = 1
     data_fraction: Annotated[float, Field(gt=0.0, le=1.0)] = 0.5  # share of the train split each trial sees
     tdp_weight: SearchRange = SearchRange(low=0.01, high=10.0, log=True)
@@ -461,7 +462,31 @@ class TuneConfig(Strict):
 
 
 class Params(Strict):
+    # The seeds the study trains: every (task, method) is trained and evaluated once per seed, each seed from its
+    # own SR pre-training (dvc.yaml's seed axis); the report gives the mean and 95 % interval over them.
+    seeds: Annotated[list[int], Field(min_length=1)] = [0, 1, 2]
+    # The one seed this process trains with: a stage's --seed (``with_seed``), seeds[0] otherwise (src.tune,
+    # scripts). Not a params.yaml key: the file lists ``seeds``.
     seed: int = 0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _seed_from_seeds(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            if "seed" in data:
+                raise PydanticCustomError("seed_key", "seed is not a key: list the study's seeds as seeds: [{seed}] "
+                                          "(every seed is trained and evaluated; the report aggregates them)",
+                                          {"seed": data["seed"]})
+            seeds = data.get("seeds", [0, 1, 2])
+            if isinstance(seeds, list) and seeds and isinstance(seeds[0], int):
+                data = {**data, "seed": seeds[0]}
+        return data
+
+    def with_seed(self, seed: int) -> "Params":
+        """These params for one of ``seeds`` (a stage's --seed)."""
+        if seed not in self.seeds:
+            raise ConfigError(f"params.yaml: seed {seed} is not one of seeds {self.seeds}")
+        return self.model_copy(update={"seed": seed})
     device: Literal["auto", "cpu", "cuda"] = "auto"
     tasks: list[Literal["cls", "seg", "det"]] = ["cls", "seg", "det"]
     data: DataConfig = DataConfig()
@@ -508,6 +533,8 @@ class Params(Strict):
         if self.train.sync_bn and self.train.world > 1 and self.device == "cpu":
             raise ValueError("train.sync_bn needs GPUs (PyTorch's SyncBatchNorm runs on CUDA only), but device is cpu: "
                              "set train.sync_bn: false (each process then normalises with its own share's statistics)")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds {self.seeds} names a seed twice")
         if not self.tasks:
             raise ValueError("tasks must name at least one task")
         if len(set(self.tasks)) != len(self.tasks):
@@ -586,6 +613,8 @@ def unset_keys(model: type[BaseModel], section: object, prefix: str = "") -> lis
         return [prefix.rstrip(".") or "(top level)"]
     unset = []
     for name, field in model.model_fields.items():
+        if model is Params and name == "seed":  # not a file key: derived from seeds (or a stage's --seed)
+            continue
         if name not in section:
             unset.append(prefix + name)
         elif isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):

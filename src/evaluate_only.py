@@ -2,7 +2,7 @@
 metric, on the val split of ``data/raw`` + ``data/lr``, scored by the evaluate stage's own
 ``src.experiment.score_val_split``.
 
-    python -m src.evaluate_only --task cls --sr models/cls/sr4ir/sr.pt --rec models/cls/sr4ir/rec.pt
+    python -m src.evaluate_only --task cls --sr models/seed0/cls/sr4ir/sr.pt --rec models/seed0/cls/sr4ir/rec.pt
     python -m src.evaluate_only --task seg --sr net_sr_latest.pth      # an official release: PSNR/LPIPS only
 
 The library function is ``evaluate_checkpoints``; ``main`` is the command line.
@@ -131,7 +131,7 @@ def render_markdown(record: dict[str, Any]) -> str:
 
 
 def default_out(task: str, sr_path: Path) -> Path:
-    """``reports/evaluate_only/<task>_<folder>_<file stem>`` (e.g. ``cls_sr4ir_sr`` for models/cls/sr4ir/sr.pt)."""
+    """``reports/evaluate_only/<task>_<folder>_<file stem>`` (e.g. ``cls_sr4ir_sr`` for models/seed0/cls/sr4ir/sr.pt)."""
     sr_path = Path(sr_path)
     name = "_".join(p for p in (task, sr_path.resolve().parent.name, sr_path.stem) if p)
     return DEFAULT_OUT / re.sub(r"[^A-Za-z0-9._-]+", "-", name)
@@ -157,7 +157,7 @@ EPILOG = (
     "data/lr at x8.",
     "Without --rec no task metric is reported, for every task: top-1, mIoU and mAP are all the recogniser's, and "
     "an untrained one would give a meaningless number. --rec takes a recogniser state dict saved by this "
-    "pipeline (models/<task>/<method>/rec.pt) for the network params.<task> configures.",
+    "pipeline (models/seed<N>/<task>/<method>/rec.pt) for the network params.<task> configures.",
     "Exit status: 0 done; 2 a missing or unfitting checkpoint, bad params or bad data (one line naming the file).",
 )
 
@@ -170,9 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
                                      epilog=paragraphs(EPILOG), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", choices=sorted(TASKS), required=True, help="which task's val split and metric")
     parser.add_argument("--sr", type=Path, required=True, metavar="CHECKPOINT",
-                        help="SR weights: ours (models/.../sr.pt, models/sr_pretrained.pt) or an official EDSR/SwinIR/SR4IR "
+                        help="SR weights: ours (models/seed<N>/.../sr.pt, models/seed<N>/sr_pretrained.pt) or an official EDSR/SwinIR/SR4IR "
                              "release (bare, {'params'|'params_ema': ...}, or an SR4IR checkpoint's net_sr)")
-    parser.add_argument("--rec", type=Path, metavar="STATE_DICT", help="recogniser state dict (models/<task>/<method>/rec.pt)")
+    parser.add_argument("--rec", type=Path, metavar="STATE_DICT", help="recogniser state dict (models/seed<N>/<task>/<method>/rec.pt)")
     parser.add_argument("--out", type=Path, metavar="DIR",
                         help="output folder (default: reports/evaluate_only/<task>_<checkpoint folder>_<checkpoint name>)")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (default: params.yaml)")

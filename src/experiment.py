@@ -23,7 +23,7 @@ from src import distributed
 from src.config import ConfigError, OptimConfig, Params
 from src.data.dataset import Batch, PairedDataset, Skipped, make_loader, split_dataset
 from src.checkpoint import Checkpointing
-from src.loop import Callback, evaluate, fit
+from src.loop import Callback, evaluate_scored, fit
 from src.metrics import lpips_network
 from src.methods import METHODS, Method
 from src.models.official import fetch_release, load_official_sr, read_weights
@@ -154,12 +154,15 @@ class EvalResult:
     samples: dict[str, np.ndarray]  # the first n_samples val images with predictions; {} when none asked
     seconds: float  # the evaluation loop alone (no data or network set-up)
     skipped: dict[str, Skipped] = field(default_factory=dict)  # {"val": the bad samples data.on_bad_sample: skip dropped}
+    # the task metric's per-image scores of the whole val split (Metric.per_image), from the same pass as metrics
+    scores: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def evaluate_method(params: Params, task_name: str, method_name: str, raw_dir: Path, lr_dir: Path, model_dir: Path,
                     n_samples: int = 0) -> EvalResult:
-    """Task metric, PSNR and LPIPS of a trained method on the val split (the split the paper reports on), and
-    the first ``n_samples`` val images with predictions (for the report's qualitative figure).
+    """Task metric, PSNR and LPIPS of a trained method on the val split (the split the paper reports on), the
+    task metric's per-image scores (for the report's bootstrap over val images) and the first ``n_samples``
+    val images with predictions (for the report's qualitative figure).
 
     LPIPS (not for H2T, which sees HR) follows ``eval.lpips``; where it is unavailable the metrics hold no
     ``lpips`` number but ``lpips_unavailable``, the reason (``src.metrics.lpips_network``)."""
@@ -173,14 +176,14 @@ def evaluate_method(params: Params, task_name: str, method_name: str, raw_dir: P
     load_state(setup.rec, model_dir / "rec.pt", "recogniser")
     val_ds = split_dataset(params, raw_dir, lr_dir, "val", task)
     loader = make_loader(val_ds, params.eval.batch_size, False, params.data.num_workers)
-    metrics, lpips_reason, seconds = score_val_split(params, setup, val_ds, loader, device)
+    metrics, scores, lpips_reason, seconds = score_val_split_per_image(params, setup, val_ds, loader, device)
     if lpips_reason is not None:
         metrics["lpips_unavailable"] = lpips_reason
     metrics["n_val"] = len(val_ds)  # no wall time here: it would make `dvc metrics diff` noisy (MLflow has it)
     samples = collect_samples(setup, loader, device, n_samples) if n_samples else {}
     if samples:
         samples["class_names"] = np.array(json.loads((raw_dir / "classes.json").read_text()))
-    return EvalResult(metrics, samples, seconds, {"val": val_ds.skipped})
+    return EvalResult(metrics, samples, seconds, {"val": val_ds.skipped}, scores)
 
 
 def score_val_split(params: Params, setup: Setup, val_ds: PairedDataset, loader: DataLoader,
@@ -188,14 +191,22 @@ def score_val_split(params: Params, setup: Setup, val_ds: PairedDataset, loader:
     """Task metric (when the setup has a recogniser), PSNR and LPIPS of the setup's view on the val split, with
     the crop of ``eval.psnr_crop_border``; returns the metrics, why LPIPS is missing (or None) and the seconds
     the loop took. LPIPS follows ``eval.lpips`` and is never computed for H2T, which sees HR."""
+    metrics, _, lpips_reason, seconds = score_val_split_per_image(params, setup, val_ds, loader, device)
+    return metrics, lpips_reason, seconds
+
+
+def score_val_split_per_image(params: Params, setup: Setup, val_ds: PairedDataset, loader: DataLoader, device: torch.device
+                              ) -> tuple[dict[str, float], dict[str, np.ndarray], str | None, float]:
+    """``score_val_split`` with, from the same pass, the task metric's per-image scores (``Metric.per_image``,
+    {} without a recogniser): metrics, scores, why LPIPS is missing (or None), seconds."""
     lpips_net, lpips_reason = None, None
     if setup.method.view != "hr":
         sizes = [(val_ds.view.crop,) * 2] if val_ds.view.crop else val_ds.sizes
         hr_size = (min(h for h, _ in sizes), min(w for _, w in sizes))  # VGG16 must take the smallest image
         lpips_net, lpips_reason = lpips_network(params.eval.lpips, device, hr_size, params.eval.psnr_crop_border)
     t0 = time.perf_counter()
-    metrics = evaluate(setup, loader, device, params.eval.psnr_crop_border, lpips_net, params.eval.psnr_on)
-    return metrics, lpips_reason, time.perf_counter() - t0
+    metrics, scores = evaluate_scored(setup, loader, device, params.eval.psnr_crop_border, lpips_net, params.eval.psnr_on)
+    return metrics, scores, lpips_reason, time.perf_counter() - t0
 
 
 @torch.inference_mode()

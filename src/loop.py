@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
@@ -87,7 +88,6 @@ def train_one_epoch(
     return {f"train/{k}": v / max(prog.n, 1) for k, v in prog.sums.items()}
 
 
-@torch.inference_mode()
 def evaluate(s: Setup, loader: DataLoader, device: torch.device, psnr_crop: int,
              lpips_net: nn.Module | None = None, psnr_on: str = "image") -> dict[str, float]:
     """Task metric of the recogniser on its view, and PSNR of that view against HR (not for H2T); with
@@ -95,6 +95,14 @@ def evaluate(s: Setup, loader: DataLoader, device: torch.device, psnr_crop: int,
 
     A batch on a padded canvas (``Batch.sizes``) is scored per image, padding cut off (``psnr_on: image``),
     or over the canvas (``canvas``, the official det rule); the recogniser always sees each image cut back."""
+    return evaluate_scored(s, loader, device, psnr_crop, lpips_net, psnr_on)[0]
+
+
+@torch.inference_mode()
+def evaluate_scored(s: Setup, loader: DataLoader, device: torch.device, psnr_crop: int,
+                    lpips_net: nn.Module | None = None, psnr_on: str = "image") -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """``evaluate``'s metrics and, from the same pass, the task metric's per-image scores
+    (``Metric.per_image``; {} without a recogniser)."""
     if s.sr is not None:
         s.sr.eval()
     if s.rec is not None:
@@ -119,7 +127,7 @@ def evaluate(s: Setup, loader: DataLoader, device: torch.device, psnr_crop: int,
     for scorer in (metric, psnr, lpips):
         if scorer is not None:
             out.update(scorer.compute())
-    return out
+    return out, metric.per_image() if metric is not None else {}
 
 
 def _cut(x: torch.Tensor, sizes: list[tuple[int, int]]) -> list[torch.Tensor]:

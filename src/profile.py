@@ -72,7 +72,7 @@ def resolve(profile: Path | str, scale: int, sr: str, root: Path = PROFILES) -> 
     inits = sr_part.pop("init", {}) or {}
     if scale not in inits:
         raise ConfigError(f"{sr_file}: init: no released weights listed for x{scale} (have {sorted(inits)})")
-    raw = Params().model_dump(mode="json")
+    raw = Params().model_dump(mode="json", exclude={"seed"})  # seed is derived from seeds, not a file key
     for part in (task_part, sr_part, {"degrade": {"scale": scale}, "sr": {"init": inits[scale]}}):
         raw = _merge(raw, part)
     parse_params(raw, profile)  # a profile that does not validate names its key

@@ -1,10 +1,12 @@
-"""The study's report: per task, the paper-style table (task metric, PSNR and LPIPS per method), figures,
-and a comparison with the ordering of the paper's published numbers."""
+"""The study's report: per task, the paper-style table (task metric as mean and 95 % interval over seeds, PSNR
+and LPIPS per method), figures, and verdicts on the orderings of the paper's published numbers, each from the
+paired difference over seeds (src/stats.py)."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +15,7 @@ import pandas as pd
 
 from src.config import Params
 from src.methods import METHODS, TABLE_METHODS
-from src.tasks.seg import IGNORE
+from src.stats import HOLDS, NOT_RESOLVED, REVERSED, mean_interval, paired_difference, verdict
 
 # Published numbers (shared/SR4IR_METHOD.md section 13.1: the released x8 EDSR-baseline checkpoints), by
 # setting (task, data.name, degrade.scale, sr.arch). Nothing else is published in the sources (section
@@ -51,13 +53,17 @@ def paper_label(task: str, params: Params | None) -> str:
     return ref["dataset"] + ("" if same else "; another setting: compare orderings only")
 
 
+
+
 METRIC_LABELS = {"top1": "top-1 (%)", "miou": "mIoU (%)", "map": "mAP@[.5:.95] (%)"}
+LR_ONLY = ("l2t", "s2t", "t2s", "joint")  # the headline claim: SR4IR above each of these (all see LR only)
 
 
 def results_table(task: str, metrics: Mapping[str, Mapping[str, Any]], primary: str,
-                  params: Params | None = None) -> pd.DataFrame:
-    """Rows = methods in the paper's order; columns = task metric, PSNR (dB), LPIPS, and the paper's values
-    (of this setting when published, else of the task's published setting: see ``paper_reference``).
+                  params: Params | None = None, seed: int = 0) -> pd.DataFrame:
+    """One seed's rows: methods in the paper's order; columns = task, method, label, seed, the task metric, PSNR
+    (dB), LPIPS, the paper's values (of this setting when published, else of the task's published setting: see
+    ``paper_reference``), and the columns of ``add_seed_summary`` (here over this one seed: n = 1).
 
     ``lpips_note`` holds why a method that should have LPIPS has none (the evaluate stage's
     ``lpips_unavailable``); it is empty for H2T, which has neither PSNR nor LPIPS by definition."""
@@ -71,6 +77,7 @@ def results_table(task: str, metrics: Mapping[str, Mapping[str, Any]], primary: 
             "task": task,
             "method": m,
             "label": METHODS[m].label,
+            "seed": seed,
             primary: r.get(primary, float("nan")),
             "psnr": r.get("psnr", float("nan")),  # H2T sees HR: no PSNR
             "lpips": r.get("lpips", float("nan")),  # ... and no LPIPS
@@ -79,31 +86,227 @@ def results_table(task: str, metrics: Mapping[str, Mapping[str, Any]], primary: 
             "paper_" + primary: ref.get("values", {}).get(m, float("nan")),
             "paper_lpips": ref.get("lpips", {}).get(m, float("nan")) if same and m != "h2t" else float("nan"),
         })
+    return add_seed_summary(pd.DataFrame(rows), primary)
+
+
+def study_table(task: str, metrics_by_seed: Mapping[int, Mapping[str, Mapping[str, Any]]], primary: str,
+                params: Params | None = None) -> pd.DataFrame:
+    """Every seed's rows (``metrics_by_seed``: seed -> method -> its eval metrics), method by method in the
+    paper's order and seed by seed within a method, with each method's mean, ci95 and n over its seeds."""
+    frames = [results_table(task, metrics, primary, params, seed) for seed, metrics in metrics_by_seed.items()]
+    df = pd.concat(frames, ignore_index=True)
+    df = df.sort_values("method", key=lambda s: s.map(TABLE_METHODS.index), kind="stable", ignore_index=True)
+    return add_seed_summary(df, primary)
+
+
+def add_seed_summary(df: pd.DataFrame, primary: str) -> pd.DataFrame:
+    """``df`` (one row per method and seed) with the columns ``metric`` (the primary metric's name), ``value``
+    (each row's primary metric) and, per method over its rows, ``mean``, ``ci95`` (the half-width of the 95 %
+    Student-t interval over seeds; NaN with one seed) and ``n`` (the number of seeds)."""
+    df = df.copy()
+    if df.empty:
+        return df
+    df["metric"] = primary
+    df["value"] = df[primary]
+    df["mean"], df["ci95"], df["n"] = float("nan"), float("nan"), 0
+    for m in df["method"].unique():
+        rows = df["method"] == m
+        interval = mean_interval([float(v) for v in df.loc[rows, primary]])
+        df.loc[rows, "mean"] = interval.mean
+        df.loc[rows, "ci95"] = interval.half_width
+        df.loc[rows, "n"] = interval.n
+    return df
+
+
+def add_bootstrap_intervals(df: pd.DataFrame, scores: Mapping[str, Mapping[str, np.ndarray]],
+                            resamples: int) -> pd.DataFrame:
+    """One seed's table with each method's 95 % bootstrap interval over val images (``boot_low``,
+    ``boot_high``; ``scores``: method -> its per-image scores file). Test-set uncertainty only: it does not
+    include training noise, which only more seeds measure."""
+    from src.bootstrap import bootstrap_interval  # imported here: only the one-seed report needs it
+
+    df = df.copy()
+    df["boot_low"], df["boot_high"] = float("nan"), float("nan")
+    for i, r in df.iterrows():
+        interval = bootstrap_interval(r["task"], scores[r["method"]], resamples, seed=0)
+        df.loc[i, "boot_low"], df.loc[i, "boot_high"] = interval.low, interval.high
+    return df
+
+
+def method_summary(df: pd.DataFrame, primary: str) -> pd.DataFrame:
+    """One row per method (the paper's order): label, ``mean``, ``ci95``, ``n``, ``per_seed`` (the values in
+    seed order), PSNR and LPIPS as means over seeds (LPIPS NaN when a seed has none, ``lpips_note`` saying
+    why), the paper's values, and ``boot_low`` / ``boot_high`` when ``df`` has them."""
+    rows = []
+    for m in TABLE_METHODS:
+        runs = df[df["method"] == m].sort_values("seed")
+        if runs.empty:
+            continue
+        interval = mean_interval([float(v) for v in runs[primary]])
+        notes = [n for n in runs["lpips_note"] if isinstance(n, str) and n]
+        first = runs.iloc[0]
+        rows.append({
+            "method": m,
+            "label": first["label"],
+            "mean": interval.mean,
+            "ci95": interval.half_width,
+            "n": interval.n,
+            "per_seed": [float(v) for v in runs[primary]],
+            "psnr": float(runs["psnr"].mean(skipna=False)),
+            "lpips": float(runs["lpips"].mean(skipna=False)),
+            "lpips_note": notes[0] if notes else "",
+            "paper_" + primary: first["paper_" + primary],
+            "paper_lpips": first.get("paper_lpips", float("nan")),
+            "boot_low": first.get("boot_low", float("nan")),
+            "boot_high": first.get("boot_high", float("nan")),
+        })
     return pd.DataFrame(rows)
 
 
-def ordering_check(df: pd.DataFrame, primary: str) -> list[str]:
-    """Plain statements: which of the paper's orderings between methods hold here."""
-    ours = dict(zip(df["method"], df[primary]))
+@dataclass(frozen=True)
+class Comparison:
+    """One ordering, ``higher`` above ``lower`` (the paper's direction, or the headline claim's): the difference
+    higher − lower here, its 95 % interval (NaN where none can be given) and what the interval says."""
+
+    higher: str
+    lower: str
+    paper_gap: float  # the paper's higher − lower (NaN where the paper has no numbers)
+    diff: float  # mean paired difference over seeds; with one seed, that seed's difference
+    low: float
+    high: float
+    word: str  # over seeds: holds / reversed / not resolved; one seed's bootstrap: above 0 / below 0 / contains 0
+
+
+@dataclass(frozen=True)
+class Checks:
+    """What a task's section says about the paper's orderings and the headline claim."""
+
+    orderings: list[Comparison]  # every pair the paper's published numbers order
+    headline: list[Comparison]  # SR4IR above each LR-only method
+    n: int  # seeds
+    resamples: int = 0  # > 0: one seed, the intervals are a paired bootstrap over val images with this many resamples
+
+
+def paper_orderings(df: pd.DataFrame, primary: str) -> list[tuple[str, str]]:
+    """Every pair of methods in ``df`` that the paper's published numbers order, as (the paper's higher, lower)."""
     paper = dict(zip(df["method"], df["paper_" + primary]))
-    pairs = [(a, b) for i, a in enumerate(TABLE_METHODS) for b in TABLE_METHODS[i + 1:] if a in ours and b in ours]
-    lines, agree, total = [], 0, 0
-    for a, b in pairs:
-        if any(math.isnan(x) for x in (ours[a], ours[b], paper[a], paper[b])):
-            continue
-        total += 1
-        same = (ours[a] > ours[b]) == (paper[a] > paper[b]) and ours[a] != ours[b]
-        agree += same
-        if not same:
-            rel = ">" if paper[a] > paper[b] else "<"
-            how = f"both {ours[a]:.1f}" if ours[a] == ours[b] else \
-                f"{METHODS[a].label} {ours[a]:.1f} vs {METHODS[b].label} {ours[b]:.1f}"
-            lines.append(f"- differs: the paper has {METHODS[a].label} {rel} {METHODS[b].label}; here {how}")
-    if total:
-        lines.insert(0, f"- {agree} of {total} pairwise orderings of the paper's methods hold here.")
-    if "sr4ir" in ours and "s2t" in ours:
-        gap = ours["sr4ir"] - ours["s2t"]
-        lines.append(f"- SR4IR − S→T: {gap:+.1f} points (paper: {paper['sr4ir'] - paper['s2t']:+.1f}).")
+    methods = [m for m in TABLE_METHODS if m in paper]
+    pairs = []
+    for i, a in enumerate(methods):
+        for b in methods[i + 1:]:
+            if math.isnan(paper[a]) or math.isnan(paper[b]) or paper[a] == paper[b]:
+                continue  # no published number, or a tie: no ordering to check
+            pairs.append((a, b) if paper[a] > paper[b] else (b, a))
+    return pairs
+
+
+def ordering_check(df: pd.DataFrame, primary: str, scores: Mapping[str, Mapping[str, np.ndarray]] | None = None,
+                   resamples: int = 1000) -> Checks:
+    """The paired difference of every paper ordering and of the headline claim (SR4IR above each LR-only
+    method), over the seeds of ``df`` (the same seed paired), with its 95 % interval and verdict
+    (``src.stats.verdict``). With one seed there is no interval over seeds; given ``scores`` (method -> its
+    per-image scores), the interval is instead a paired bootstrap over val images (seed 0): test-set
+    uncertainty only."""
+    paper = dict(zip(df["method"], df["paper_" + primary]))
+    methods = set(df["method"])
+    n = int(df["seed"].nunique())
+    headline = [("sr4ir", m) for m in LR_ONLY if "sr4ir" in methods and m in methods]
+
+    def compare(higher: str, lower: str) -> Comparison:
+        gap = paper[higher] - paper[lower]
+        a, b = per_seed(df, higher, primary), per_seed(df, lower, primary)
+        seeds = sorted(set(a) & set(b))  # the same seed paired
+        diff = paired_difference([a[s] for s in seeds], [b[s] for s in seeds])
+        if n == 1 and scores is not None:
+            from src.bootstrap import paired_bootstrap  # imported here: only the one-seed report needs it
+
+            boot = paired_bootstrap(df["task"].iloc[0], scores[higher], scores[lower], resamples, seed=0)
+            return Comparison(higher, lower, gap, diff.mean, boot.low, boot.high, interval_side(boot.low, boot.high))
+        return Comparison(higher, lower, gap, diff.mean, diff.low, diff.high, verdict(diff))
+
+    return Checks([compare(a, b) for a, b in paper_orderings(df, primary)], [compare(a, b) for a, b in headline],
+                  n, resamples if n == 1 and scores is not None else 0)
+
+
+def per_seed(df: pd.DataFrame, method: str, column: str) -> dict[int, float]:
+    """One method's ``column`` by seed."""
+    rows = df[df["method"] == method]
+    return {int(seed): float(v) for seed, v in zip(rows["seed"], rows[column])}
+
+
+def interval_side(low: float, high: float) -> str:
+    """Where a test-set interval of a difference lies: ``above 0``, ``below 0`` or ``contains 0``."""
+    return "above 0" if low > 0 else "below 0" if high < 0 else "contains 0"
+
+
+def _labels(comparisons: Sequence[Comparison]) -> str:
+    return ", ".join(METHODS[c.lower].label for c in comparisons)
+
+
+def check_summary(checks: Checks) -> list[str]:
+    """The one-line summaries: how many paper orderings hold, are reversed or are not resolved, and the
+    headline claim (with one seed: that no verdict over seeds can be given, and the test-set intervals)."""
+    total, h = len(checks.orderings), checks.headline
+    if checks.n >= 2:
+        lines = [f"Of {total} paper orderings: " + ", ".join(
+            f"{sum(c.word == w for c in checks.orderings)} {'hold' if w == HOLDS else w}"
+            for w in (HOLDS, REVERSED, NOT_RESOLVED)) + f" (paired over {checks.n} seeds)."]
+        if h:
+            text = f"Headline (SR4IR above every LR-only method): holds on {sum(c.word == HOLDS for c in h)} of {len(h)}"
+            for w in (REVERSED, NOT_RESOLVED):
+                if any(c.word == w for c in h):
+                    text += f" / {w} vs {_labels([c for c in h if c.word == w])}"
+            lines.append(text + ".")
+        return lines
+    lines = ["With one seed, verdicts over seeds cannot be given: an interval of the training noise needs at "
+             "least two seeds (list more in `seeds`)."]
+    if checks.resamples:
+        lines.append(f"Instead, test-set uncertainty only (paired bootstrap over val images, {checks.resamples} "
+                     "resamples; it does not include training noise): of "
+                     f"{total} paper orderings, the interval of (the paper's higher) − (lower) is " + ", ".join(
+                         f"{w} for {sum(c.word == w for c in checks.orderings)}"
+                         for w in ("above 0", "below 0", "contains 0")) + ".")
+        if h:
+            text = (f"Headline (SR4IR above every LR-only method), test-set only: above 0 vs "
+                    f"{sum(c.word == 'above 0' for c in h)} of {len(h)}")
+            for w in ("below 0", "contains 0"):
+                if any(c.word == w for c in h):
+                    text += f" / {w} vs {_labels([c for c in h if c.word == w])}"
+            lines.append(text + ".")
+    return lines
+
+
+def check_rows(checks: Checks) -> list[list[str]]:
+    """The verdict table's cells: ordering, claim (paper / headline), the paper's gap, the difference here,
+    its 95 % interval and the verdict. A headline pair the paper also orders is one row."""
+    rows: list[list[str]] = []
+    paper_pairs = {(c.higher, c.lower) for c in checks.orderings}
+    headline_pairs = {(c.higher, c.lower) for c in checks.headline}
+    extra = [c for c in checks.headline if (c.higher, c.lower) not in paper_pairs]
+    for c in [*checks.orderings, *extra]:
+        pair = (c.higher, c.lower)
+        claim = ", ".join(x for x, on in (("paper", pair in paper_pairs), ("headline", pair in headline_pairs)) if on)
+        interval = "—" if math.isnan(c.low) else f"[{c.low:+.1f}, {c.high:+.1f}]"
+        rows.append([f"{METHODS[c.higher].label} > {METHODS[c.lower].label}", claim,
+                     "—" if math.isnan(c.paper_gap) else f"{c.paper_gap:+.1f}", f"{c.diff:+.1f}", interval, c.word])
+    return rows
+
+
+def check_header(checks: Checks) -> list[str]:
+    """The verdict table's column names (what the interval is over)."""
+    if checks.n >= 2:
+        return ["ordering", "claim", "paper", f"here (mean over {checks.n} seeds)", "95 % CI over seeds", "verdict"]
+    if checks.resamples:
+        return ["ordering", "claim", "paper", "here (one seed)", "95 % test-set interval (val images)", "interval"]
+    return ["ordering", "claim", "paper", "here (one seed)", "95 % CI", "verdict"]
+
+
+def checks_markdown(checks: Checks) -> list[str]:
+    """A task's reproduction check as markdown: the summary lines, then the verdict table."""
+    header = check_header(checks)
+    lines = [*(f"- {s}" for s in check_summary(checks)), "",
+             "| " + " | ".join(header) + " |", "|---|---|---:|---:|---|---|"]
+    lines += ["| " + " | ".join(row) + " |" for row in check_rows(checks)]
     return lines
 
 
@@ -133,135 +336,60 @@ def lpips_cells(df: pd.DataFrame) -> tuple[list[str], list[str]]:
     return cells, [f"{superscript(i + 1)} LPIPS not computed: {n}" for i, n in enumerate(notes)]
 
 
-def markdown_table(df: pd.DataFrame, primary: str, paper_name: str) -> str:
-    head = (f"| Method | {METRIC_LABELS.get(primary, primary)} ↑ | PSNR (dB) ↑ | LPIPS ↓ | paper {primary} | paper LPIPS |"
-            f"\n|---|---:|---:|---:|---:|---:|")
-    lines = [f"Paper columns: {paper_name}.", "", head]
-    lpips, notes = lpips_cells(df)
-    best = df.loc[df["method"] != "h2t", primary].max() if len(df) else float("nan")
-    for i, (_, r) in enumerate(df.iterrows()):
-        val = fmt_number(r[primary])
-        if r["method"] != "h2t" and r[primary] == best:
+def metric_cell(r: Mapping[str, Any]) -> str:
+    """A method's task metric cell (a ``method_summary`` row): ``83.2 ± 9.2``, the mean over seeds ± the half-width
+    of its 95 % interval; with one seed the value alone, or with its test-set interval: ``83.2 [80.1, 86.0]``."""
+    if not math.isnan(r["ci95"]):
+        return f"{fmt_number(r['mean'])} ± {fmt_number(r['ci95'])}"
+    if not math.isnan(r["boot_low"]):
+        return f"{fmt_number(r['mean'])} [{fmt_number(r['boot_low'])}, {fmt_number(r['boot_high'])}]"
+    return fmt_number(r["mean"])
+
+
+def table_note(summary: pd.DataFrame) -> str:
+    """What the task metric's interval is, in one sentence."""
+    n = int(summary["n"].max()) if len(summary) else 0
+    if n >= 2:
+        return (f"Task metric: mean over the n = {n} seeds ± the half-width of its 95 % Student-t interval; "
+                "PSNR and LPIPS: means over the seeds.")
+    if len(summary) and summary["boot_low"].notna().any():
+        return ("One seed: the task metric is that seed's value, in brackets its 95 % bootstrap interval over val "
+                "images (test-set uncertainty only: it does not include training noise).")
+    return "One seed: the task metric is that seed's value (no interval over seeds)."
+
+
+def table_cells(df: pd.DataFrame, primary: str) -> tuple[list[str], list[list[str]], list[str]]:
+    """The results table of ``df`` (one row per method and seed) as text: header, rows (the best non-H2T mean
+    marked with ``**``) and LPIPS footnotes; the markdown and HTML tables both draw these."""
+    summary = method_summary(df, primary)
+    header = ["Method", f"{METRIC_LABELS.get(primary, primary)} ↑", "per seed", "n", "PSNR (dB) ↑", "LPIPS ↓",
+              f"paper {primary}", "paper LPIPS"]
+    lpips, notes = lpips_cells(summary)
+    best = summary.loc[summary["method"] != "h2t", "mean"].max() if len(summary) else float("nan")
+    rows = []
+    for i, (_, r) in enumerate(summary.iterrows()):
+        val = metric_cell(r)
+        if r["method"] != "h2t" and r["mean"] == best:
             val = f"**{val}**"
-        lines.append(f"| {r['label']} | {val} | {fmt_number(r['psnr'], 2)} | {lpips[i]} | {fmt_number(r['paper_' + primary])} "
-                     f"| {fmt_number(r.get('paper_lpips', float('nan')), 3)} |")
+        rows.append([r["label"], val, " / ".join(fmt_number(v) for v in r["per_seed"]), str(r["n"]),
+                     fmt_number(r["psnr"], 2), lpips[i], fmt_number(r["paper_" + primary]),
+                     fmt_number(r["paper_lpips"], 3)])
+    return header, rows, notes
+
+
+def markdown_table(df: pd.DataFrame, primary: str, paper_name: str) -> str:
+    """A task's results table in markdown, with the line naming the paper's columns and what the interval is."""
+    header, rows, notes = table_cells(df, primary)
+    lines = [f"Paper columns: {paper_name}.", "", table_note(method_summary(df, primary)), "",
+             "| " + " | ".join(header) + " |", "|---|---:|---|---:|---:|---:|---:|---:|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
     if notes:
         lines += ["", *(f"{n}  " for n in notes)]
     return "\n".join(lines)
 
 
-def plot_results(df: pd.DataFrame, histories: Mapping[str, list[dict]], primary: str, out: Path) -> None:
-    """Left: the task metric per method (bars, PSNR annotated); right: validation metric per epoch."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    ax1.bar(df["label"], df[primary], color=["#888" if m == "h2t" else "#c44" if m == "sr4ir" else "#48a" for m in df["method"]])
-    for i, (v, p) in enumerate(zip(df[primary], df["psnr"])):
-        ax1.text(i, v + 0.5, f"{v:.1f}" + ("" if math.isnan(p) else f"\n{p:.1f} dB"), ha="center", va="bottom", fontsize=8)
-    ax1.set_ylabel(METRIC_LABELS.get(primary, primary))
-    ax1.set_ylim(0, max(100.0, float(df[primary].max()) + 12))
-    ax1.set_title("val split, last epoch")
-    for m in TABLE_METHODS:
-        h = histories.get(m)
-        if h:
-            ax2.plot([e["epoch"] for e in h], [e.get(f"val/{primary}", float("nan")) for e in h], marker="o", ms=3, label=METHODS[m].label)
-    ax2.set_xlabel("epoch")
-    ax2.set_ylabel(f"val {METRIC_LABELS.get(primary, primary)}")
-    ax2.set_title("validation during training")
-    ax2.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110, format="png")
-    plt.close(fig)
-
-
-# Drawing one val image with its prediction, per kind of target (``Task.target_kind``). It lives here, not in
-# src/tasks: the task modules are code deps of every training stage, this module only of the report stage.
-# Each function shows an (H, W, 3) uint8 image on a matplotlib axis, the prediction drawn on it; ``pred`` and
-# ``target`` are one sample's rows of the arrays ``Task.to_numpy`` saved.
-
-def draw_label(ax: Any, image: Any, pred: Any, target: Any, class_names: Sequence[str]) -> None:
-    """A class id (classification): the predicted name as the title, green if right, red with the truth if not."""
-    ax.imshow(image, interpolation="nearest")
-    ok = int(pred) == int(target)
-    ax.set_title(class_names[int(pred)] + ("" if ok else f"\n(true: {class_names[int(target)]})"),
-                 fontsize=7, color="#1a7f37" if ok else "#c62828")
-    ax.set_axis_off()
-
-
-def draw_mask(ax: Any, image: Any, pred: Any, target: Any, class_names: Sequence[str]) -> None:
-    """An (H, W) class map (segmentation; 0 is background, ``IGNORE`` not scored): the predicted classes as a
-    translucent overlay, the pixel accuracy as the title."""
-    import matplotlib.pyplot as plt
-
-    num_classes = len(class_names) + 1  # + background, as SegmentationTask counts them
-    ax.imshow(image, interpolation="nearest")  # at the prediction's size (the report upsamples LR)
-    colours = plt.get_cmap("tab10")(np.arange(num_classes) % 10)[:, :3]
-    overlay = np.zeros((*pred.shape, 4))
-    overlay[..., :3] = colours[pred]
-    overlay[..., 3] = np.where(pred > 0, 0.45, 0.0)
-    ax.imshow(overlay, interpolation="nearest")
-    valid = target != IGNORE
-    acc = 100.0 * float((pred[valid] == target[valid]).mean()) if valid.any() else float("nan")
-    ax.set_title(f"pixel acc {acc:.0f}%", fontsize=7)
-    ax.set_axis_off()
-
-
-def draw_boxes(ax: Any, image: Any, pred: Any, target: Any, class_names: Sequence[str], score_min: float = 0.5) -> None:
-    """(M, 6) box rows [x0, y0, x1, y1, label, score] padded with label -1 (detection): true boxes dashed
-    white, predicted boxes scoring at least ``score_min`` coloured by class with name and score."""
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Rectangle
-
-    ax.imshow(image, interpolation="nearest")  # boxes are in this image's pixels (the report upsamples LR)
-    colours = plt.get_cmap("tab10")
-    for x0, y0, x1, y1, label, _ in target[target[:, 4] >= 0]:
-        ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ls="--", lw=0.8, ec="white"))
-    shown = pred[(pred[:, 4] >= 0) & (pred[:, 5] >= score_min)]
-    for x0, y0, x1, y1, label, score in shown:
-        c = colours(int(label) % 10)
-        ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, lw=1.2, ec=c))
-        ax.text(x0, y0, f"{class_names[int(label) - 1]} {score:.2f}", fontsize=4, color="white",
-                va="bottom", bbox={"fc": c, "ec": "none", "pad": 0.5})
-    ax.set_title(f"{len(shown)} boxes (score >= {score_min})", fontsize=7)
-    ax.set_axis_off()
-
-
-DRAW = {"label": draw_label, "mask": draw_mask, "boxes": draw_boxes}  # by Task.target_kind
-
-
-QUALITATIVE_COLUMNS = (("LR (L2T)", "l2t", "lr"), ("S→T", "s2t", "view"), ("SR4IR", "sr4ir", "view"), ("HR (H2T)", "h2t", "hr"))
-
-
-def plot_qualitative(task: Any, samples: Mapping[str, Mapping[str, Any]], out: Path) -> None:
-    """The paper's Figure 1 idea: per val image, LR / S→T / SR4IR / HR, each with its recogniser's prediction."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    draw = DRAW[task.target_kind]
-    cols = [c for c in QUALITATIVE_COLUMNS if c[1] in samples]
-    n = min(len(samples[c[1]]["target"]) for c in cols)
-    names = [str(x) for x in next(iter(samples.values()))["class_names"]]
-    fig, axes = plt.subplots(n, len(cols), figsize=(1.9 * len(cols), 2.0 * n), squeeze=False)
-    for j, (label, method, key) in enumerate(cols):
-        s = samples[method]
-        for i in range(n):
-            # Predictions live in the recogniser's input frame (HR size): show an LR image at that size.
-            image = s[key][i]
-            k = s["view"][i].shape[0] // image.shape[0]
-            image = image.repeat(k, axis=0).repeat(k, axis=1) if k > 1 else image
-            draw(axes[i][j], image, s["pred"][i], s["target"][i], names)
-        axes[0][j].text(0.5, 1.35, label, transform=axes[0][j].transAxes, ha="center", fontsize=10, weight="bold")
-    fig.tight_layout()
-    fig.savefig(out, dpi=110, format="png")
-    plt.close(fig)
-
-
 def stage_times_table(times: Mapping[str, float]) -> str:
+    """Stage wall times (seconds, the mean over the seeds) as a markdown table."""
     lines = ["| stage | seconds |", "|---|---:|"]
     lines += [f"| {k} | {v:.0f} |" for k, v in times.items()]
     return "\n".join(lines)
@@ -289,12 +417,19 @@ def _hr_sizes(p: Params) -> str:
     return ", ".join([text, *crops])
 
 
+def _seeds(p: Params) -> str:
+    """The study's seeds: ``seeds 0, 1, 2 (n = 3)``."""
+    word = "seeds" if len(p.seeds) > 1 else "seed"
+    return f"{word} {', '.join(str(s) for s in p.seeds)} (n = {len(p.seeds)})"
+
+
 def _intro(p: Params) -> list[str]:
     return [
         f"Dataset **{p.data.name}** ({_split_sizes(p)}{_hr_sizes(p)}), scale **x{p.degrade.scale}** (bicubic, antialias={p.degrade.antialias}), "
         f"SR **{_sr_name(p)}**, {p.train.epochs} epochs per method "
         f"(SR pre-training {p.pretrain_sr.epochs}; SR4IR warm-up {p.train.sr4ir.warmup_epochs}), "
-        f"TDP weight {p.train.sr4ir.tdp_weight}, CQMix p={p.train.sr4ir.cqmix_p}, seed {p.seed}.",
+        f"TDP weight {p.train.sr4ir.tdp_weight}, CQMix p={p.train.sr4ir.cqmix_p}, {_seeds(p)}: every method "
+        "is trained and evaluated once per seed.",
         "",
         "Metrics are from the last epoch on the val split (as the paper reports). PSNR is RGB on 8-bit levels with "
         f"a {p.eval.psnr_crop_border}-px border crop; LPIPS (VGG, v0.1) compares the same images with the same crop; "
@@ -302,9 +437,21 @@ def _intro(p: Params) -> list[str]:
     ]
 
 
+# Requirement of the issue on seeds: what the verdict words mean, and what should reproduce across machines.
+VERDICT_NOTE = (
+    "How to read the verdicts: for each ordering the paper's published numbers give (a above b), the difference "
+    "a − b is paired over seeds (the same seed's a and b) and its 95 % Student-t interval is computed. "
+    "**holds**: the interval lies above 0; **reversed**: it lies below 0; **not resolved**: it contains 0, or "
+    "there is only one seed. Bit-identical numbers are reproducible only on one machine, one thread count and one "
+    "set of library versions; on another machine each seed's numbers move by training noise, and what should "
+    "reproduce there is the verdicts, not the digits.")
+
 FIGURE_CAPTIONS = {
-    "results": "Left: task metric per method (PSNR annotated). Right: validation metric per epoch (training curves).",
-    "qualitative": "Val images through each method, with the recogniser's prediction (green: right, red: wrong).",
+    "results": "Left: task metric per method, bars at the mean over seeds with its 95 % interval (error bar) and "
+               "each seed's value (dots); PSNR annotated. Right: validation metric per epoch, the mean over seeds "
+               "with its 95 % interval per epoch (band; none with one seed).",
+    "qualitative": "Val images through each method (the first seed's models), with the recogniser's prediction "
+                   "(green: right, red: wrong).",
 }
 
 
@@ -312,22 +459,27 @@ def _primary(df: pd.DataFrame) -> str:
     return next(c for c in df.columns if c.startswith("paper_") and c != "paper_lpips").removeprefix("paper_")
 
 
-def render_markdown(params: Params, sections: list[tuple[str, pd.DataFrame, list[str], dict[str, str]]],
-                    times: Mapping[str, float]) -> str:
-    out = ["# SR4IR study report", "", *_intro(params), ""]
+# A task's section: its name, its rows (one per method and seed), its Checks (None or [] for none), its figures.
+Section = tuple[str, pd.DataFrame, Any, dict[str, str]]
+
+
+def render_markdown(params: Params, sections: list[Section], times: Mapping[str, float]) -> str:
+    """The report as markdown: header, the verdict note, then per task its table, checks and figures."""
+    out = ["# SR4IR study report", "", *_intro(params), "", VERDICT_NOTE, ""]
     for task, df, checks, figures in sections:
         primary = _primary(df)
-        out += [f"## Task: {task}", "", markdown_table(df, primary, paper_label(task, params)), "",
-                "Reproduction check, against the ordering of the paper's published numbers:", "", *checks, ""]
+        out += [f"## Task: {task}", "", markdown_table(df, primary, paper_label(task, params)), ""]
+        if checks:
+            out += ["Reproduction check, against the ordering of the paper's published numbers:", "",
+                    *checks_markdown(checks), ""]
         for kind, fig in figures.items():
             out += [f"![{task} {kind}]({fig})", "", f"*{FIGURE_CAPTIONS.get(kind, '')}*", ""]
     if times:
-        out += ["## Stage wall times", "", stage_times_table(times), ""]
+        out += [f"## Stage wall times (mean over {len(params.seeds)} seeds)", "", stage_times_table(times), ""]
     return "\n".join(out)
 
 
-def render_html(params: Params, sections: list[tuple[str, pd.DataFrame, list[str], dict[str, str]]],
-                times: Mapping[str, float], root: Path) -> str:
+def render_html(params: Params, sections: list[Section], times: Mapping[str, float], root: Path) -> str:
     """The same report as one self-contained HTML file: figures are embedded as data URIs."""
     import base64
     import html
@@ -339,24 +491,30 @@ def render_html(params: Params, sections: list[tuple[str, pd.DataFrame, list[str
         data = base64.b64encode((root / rel).read_bytes()).decode()
         return f'<img alt="{esc(alt)}" src="data:image/png;base64,{data}">'
 
-    body = ["<h1>SR4IR study report</h1>", f"<p>{esc(' '.join(_intro(params)).replace('**', ''))}</p>"]
+    def cell(text: str, tag: str = "td") -> str:
+        bold = text.startswith("**") and text.endswith("**")
+        return f"<{tag}>{'<b>' + esc(text[2:-2]) + '</b>' if bold else esc(text)}</{tag}>"
+
+    def table(header: list[str], rows: list[list[str]]) -> str:
+        return ("<table><tr>" + "".join(cell(h, "th") for h in header) + "</tr>"
+                + "".join("<tr>" + "".join(cell(c) for c in row) + "</tr>" for row in rows) + "</table>")
+
+    body = ["<h1>SR4IR study report</h1>", f"<p>{esc(' '.join(_intro(params)).replace('**', ''))}</p>",
+            f"<p>{esc(VERDICT_NOTE.replace('**', ''))}</p>"]
     for task, df, checks, figures in sections:
         primary = _primary(df)
-        lpips, notes = lpips_cells(df)
-        rows = "".join(
-            f"<tr><td>{esc(r['label'])}</td><td>{fmt_number(r[primary])}</td><td>{fmt_number(r['psnr'], 2)}</td><td>{esc(lpips[i])}</td>"
-            f"<td>{fmt_number(r['paper_' + primary])}</td><td>{fmt_number(r.get('paper_lpips', float('nan')), 3)}</td></tr>"
-            for i, (_, r) in enumerate(df.iterrows()))
+        header, rows, notes = table_cells(df, primary)
         body += [f"<h2>Task: {esc(task)}</h2>", f"<p>Paper columns: {esc(paper_label(task, params))}.</p>",
-                 f"<table><tr><th>Method</th><th>{esc(METRIC_LABELS.get(primary, primary))} ↑</th><th>PSNR (dB) ↑</th>"
-                 f"<th>LPIPS ↓</th><th>paper {esc(primary)}</th><th>paper LPIPS</th></tr>{rows}</table>",
-                 *(f'<p class="note">{esc(n)}</p>' for n in notes),
-                 "<h3>Reproduction check</h3><ul>" + "".join(f"<li>{esc(c.removeprefix('- '))}</li>" for c in checks) + "</ul>"]
+                 f"<p>{esc(table_note(method_summary(df, primary)))}</p>", table(header, rows),
+                 *(f'<p class="note">{esc(n)}</p>' for n in notes)]
+        if checks:
+            body += ["<h3>Reproduction check</h3><ul>" + "".join(f"<li>{esc(s)}</li>" for s in check_summary(checks))
+                     + "</ul>", table(check_header(checks), check_rows(checks))]
         for kind, fig in figures.items():
             body += [f"<figure>{img(fig, f'{task} {kind}')}<figcaption>{esc(FIGURE_CAPTIONS.get(kind, ''))}</figcaption></figure>"]
     if times:
-        body += ["<h2>Stage wall times</h2><table><tr><th>stage</th><th>seconds</th></tr>"
-                 + "".join(f"<tr><td>{esc(k)}</td><td>{v:.0f}</td></tr>" for k, v in times.items()) + "</table>"]
+        body += [f"<h2>Stage wall times (mean over {len(params.seeds)} seeds)</h2>",
+                 table(["stage", "seconds"], [[k, f"{v:.0f}"] for k, v in times.items()])]
     style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}table{border-collapse:collapse}"
              "td,th{border:1px solid #ccc;padding:4px 10px;text-align:right}td:first-child,th:first-child{text-align:left}"
              "img{max-width:100%}figcaption{font-size:90%;color:#555}.note{font-size:90%;color:#555;margin:.3em 0}")

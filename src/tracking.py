@@ -9,11 +9,12 @@ tracking off for the process; it never stops training, and the DVC metrics files
 
 from __future__ import annotations
 
+import csv
 import logging
 import math
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -131,6 +132,10 @@ class Tracker:
 
         self._guard(_log)
 
+    def log_artifact(self, run_id: str | None, path: Path, folder: str | None = None) -> None:
+        if run_id is not None:
+            self._guard(self.client.log_artifact, run_id, str(path), folder)
+
     def set_tags(self, run_id: str | None, tags: Mapping[str, str]) -> None:
         if run_id is not None:
             self._guard(lambda: [self.client.set_tag(run_id, k, str(v)) for k, v in tags.items()])
@@ -200,8 +205,7 @@ class StageRun:
         self.tracker.log_metrics(self.run_id, metrics, step)
 
     def log_artifact(self, path: Path, folder: str | None = None) -> None:
-        if self.run_id is not None:
-            self.tracker._guard(self.tracker.client.log_artifact, self.run_id, str(path), folder)
+        self.tracker.log_artifact(self.run_id, path, folder)
 
     def tag_identity(self, paths: list[Path]) -> None:
         """Tag the digest of this stage's outputs, so a later cached `dvc repro` can link back to this run."""
@@ -287,6 +291,49 @@ def link_cached_stages(tracker: Tracker, parent: str | None, stage_outputs: Mapp
     return t._guard(_link) or []
 
 
+RESULT_STATS = ("mean", "ci95", "n")
+
+
+def results_metrics(results_csv: Path) -> dict[str, float]:
+    """``<task>/<method>/{mean,ci95,n}`` from the report's results.csv (one row per task, method and seed, the
+    aggregates repeated on each seed's row). Empty or non-finite values (ci95 of one seed) are left out."""
+    out: dict[str, float] = {}
+    with open(results_csv, newline="") as f:
+        for row in csv.DictReader(f):
+            task, method = row.get("task") or "", row.get("method") or ""
+            if not task or not method:
+                continue
+            for stat in RESULT_STATS:
+                key = f"{task}/{method}/{stat}"
+                try:
+                    value = float(row.get(stat) or "nan")
+                except ValueError:
+                    continue
+                if key not in out and math.isfinite(value):
+                    out[key] = value
+    return out
+
+
+def log_results(tracker: Tracker, run_id: str | None, results_csv: Path,
+                artifacts: Iterable[Path] = (), folder: str | None = "reports") -> dict[str, float]:
+    """Log the study's aggregated table to ``run_id`` (the pipeline's parent run): the metrics of
+    ``results_metrics`` (step 0) and ``artifacts`` (the report, its HTML, the CSV) that exist, under ``folder``.
+    Returns the metrics logged; never raises (an unreadable CSV warns and logs the artifacts alone)."""
+    if run_id is None or not tracker.enabled:
+        return {}
+    try:
+        metrics = results_metrics(results_csv)
+    except (OSError, csv.Error, UnicodeDecodeError) as err:
+        log.warning("%s: not logged to MLflow: %s: %s", results_csv, type(err).__name__, err)
+        metrics = {}
+    if metrics:
+        tracker.log_metrics(run_id, metrics, step=0)
+    for path in artifacts:
+        if Path(path).is_file():
+            tracker.log_artifact(run_id, Path(path), folder)
+    return metrics
+
+
 START_ENV = "SR4IR_PIPELINE_START"  # when the pipeline run began (seconds since the epoch); `make repro` sets it
 
 
@@ -315,8 +362,11 @@ def pipeline_times(tracker: Tracker, parent: str | None, wall_s: float | None = 
     return t._guard(_times)
 
 
-def stage_run(stage: str, params: Any, *, task: str = "", method: str = "", experiment: str = "sr4ir"):
-    """Context manager: a child run named ``stage`` under this `dvc repro`'s parent run."""
+def stage_run(stage: str, params: Any, *, task: str = "", method: str = "", seed: int | None = None,
+              experiment: str = "sr4ir"):
+    """Context manager: a child run named ``stage`` under this `dvc repro`'s parent run. ``seed``: the seed
+    of a per-seed stage (tag and param ``seed``); the stages shared by every seed (download, degrade, report)
+    carry neither, so grouping runs by seed in `mlflow ui` shows each seed's stages alone."""
     import contextlib
 
     @contextlib.contextmanager
@@ -329,8 +379,9 @@ def stage_run(stage: str, params: Any, *, task: str = "", method: str = "", expe
         key = dvc_invocation_key()
         parent = pipeline_parent(tracker, key, common) if key else None
         tags = {**common, "dvc.stage": stage, "params.hash": params.digest(), "task": task, "method": method,
-                "scale": str(params.degrade.scale), "seed": str(params.seed)}
-        run_id = tracker.start_run(stage, tags=tags, params=params.model_dump(mode="json"), parent_run_id=parent)
+                "scale": str(params.degrade.scale), "seed": "" if seed is None else str(seed)}
+        logged = params.model_dump(mode="json", exclude=None if seed is not None else {"seed"})
+        run_id = tracker.start_run(stage, tags=tags, params=logged, parent_run_id=parent)
         run = StageRun(tracker, run_id)
         t0 = time.perf_counter()
         try:

@@ -14,16 +14,19 @@ study too, and --max-trials caps the study's total. Trials of a killed worker ar
 once when a worker next starts (heartbeats). A trial whose loss turns NaN, or that runs out of memory,
 is recorded as failed with its reason and the study goes on.
 
---seeds N trains every trial with the same N seeds (seed, seed + 1, ...) and scores their mean; the summary
-then says whether the best trial beats the paper's setting beyond that noise (paired 95 % t-interval over the
-seeds, src/stats.py); with one seed it says the difference cannot be told from noise.
+--seeds N trains every trial with the same N seeds, the first N of ``seeds`` in params.yaml, each from that
+seed's own pretrained SR network (--sr-init, ``{seed}`` filled in: models/seed<N>/sr_pretrained.pt, the output of
+`dvc repro pretrain_sr@<N>`), and scores their mean; the summary then says whether the best trial beats the
+paper's setting beyond that noise (paired 95 % t-interval over the seeds, src/stats.py); with one seed it says
+the difference cannot be told from noise.
 
 Outputs in reports/tune/<task>/: best_params.yaml, trials.csv and figures (optimisation history,
 parameter importances, the metric over the two parameters; the Pareto front for --objectives task,psnr).
 --apply writes the best values into params.yaml (comments and order kept), so the next `dvc repro`
 retrains SR4IR with them. Each trial is an MLflow run nested under one run for the study.
 
-Prerequisite: `dvc repro pretrain_sr` (the data and the pretrained SR network).
+Prerequisite: `dvc repro pretrain_sr@<seed>` for each seed a trial trains with (the data and the pretrained SR
+network; `dvc repro pretrain_sr` makes every seed's).
 """
 
 from __future__ import annotations
@@ -61,6 +64,10 @@ TUNED_KEYS = {"tdp_weight": ("train", "sr4ir", "tdp_weight"), "cqmix_p": ("train
               "cqmix_grid": ("cls", "cqmix_grid")}
 
 TrainFn = Callable[..., TrainResult]
+SrInit = str | Path | Callable[[int], Path]
+
+SEED_FIELD = "{seed}"
+DEFAULT_SR_INIT = "models/seed{seed}/sr_pretrained.pt"  # pipeline/paths.py sr_pretrained(seed); src/ cannot import it
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -111,17 +118,30 @@ class PruneCallback:
 
 
 def trial_seeds(params: Params, n: int) -> list[int]:
-    """The seeds a trial trains with: ``seed``, ``seed + 1``, ... (the same for every trial, so trials pair)."""
-    return [params.seed + k for k in range(n)]
+    """The seeds a trial trains with: the first ``n`` of params.yaml ``seeds``, the seeds the study itself trains
+    (the same for every trial, so trials pair)."""
+    if not 1 <= n <= len(params.seeds):
+        raise ConfigError(f"--seeds {n}: params.yaml seeds lists {len(params.seeds)} seed(s) {params.seeds}; "
+                          f"use --seeds 1 to {len(params.seeds)}, or add seeds there (each needs `dvc repro pretrain_sr@<seed>`)")
+    return list(params.seeds[:n])
+
+
+def sr_init_for(sr_init: SrInit, seed: int) -> Path:
+    """The pretrained SR network seed ``seed`` starts from: ``sr_init`` with ``{seed}`` filled in (a path without
+    it is the same file for every seed), or ``sr_init(seed)`` when it is a callable."""
+    if callable(sr_init):
+        return Path(sr_init(seed))
+    return Path(str(sr_init).replace(SEED_FIELD, str(seed)))
 
 
 class Objective:
-    """One trial: SR4IR on the tuning budget for each of ``seeds`` seeds; the score is the mean over them."""
+    """One trial: SR4IR on the tuning budget for each of the first ``seeds`` of params.yaml ``seeds`` (each from
+    ``paths.sr_init`` for that seed, see ``sr_init_for``); the score is the mean over them."""
 
     def __init__(self, raw: dict, task: str, objectives: Sequence[str], paths: argparse.Namespace,
-                 tracker: Tracker, parent_run: str | None, train_fn: TrainFn = train_method, seeds: int = 1):
+                 tracker: Tracker, parent_run: str | None, train_fn: TrainFn | None = None, seeds: int = 1):
         self.raw, self.task, self.objectives, self.paths = raw, task, list(objectives), paths
-        self.tracker, self.parent_run, self.train_fn = tracker, parent_run, train_fn
+        self.tracker, self.parent_run, self.train_fn = tracker, parent_run, train_fn or train_method
         self.primary = TASKS[task].primary_metric
         self.seeds = seeds
 
@@ -135,7 +155,7 @@ class Objective:
         metrics, psnrs = [], []
         try:
             for k, seed in enumerate(trial_seeds(params, self.seeds)):
-                metric, psnr = self._one_seed(trial, run, params.model_copy(update={"seed": seed}), first=k == 0)
+                metric, psnr = self._one_seed(trial, run, params.with_seed(seed), first=k == 0)
                 metrics.append(metric)
                 psnrs.append(psnr)
         except optuna.TrialPruned:
@@ -168,8 +188,9 @@ class Objective:
             callbacks.append(PruneCallback(trial, f"val/{self.primary}"))
         status = "KILLED"
         try:
-            result = self.train_fn(params, self.task, "sr4ir", self.paths.raw, self.paths.lr, sr_init=self.paths.sr_init,
-                                   callbacks=callbacks, train_fraction=params.tune.data_fraction,
+            result = self.train_fn(params, self.task, "sr4ir", self.paths.raw, self.paths.lr,
+                                   sr_init=sr_init_for(self.paths.sr_init, params.seed), callbacks=callbacks,
+                                   train_fraction=params.tune.data_fraction,
                                    monitor_fraction=1.0)  # the objective is the last epoch's score on the whole split
             status = "FINISHED"
         finally:
@@ -375,14 +396,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (default: params.yaml)")
     p.add_argument("--raw", type=Path, default=Path("data/raw"), help="prepared dataset (download stage)")
     p.add_argument("--lr", type=Path, default=Path("data/lr"), help="LR images (degrade stage)")
-    p.add_argument("--sr-init", type=Path, default=Path("models/sr_pretrained.pt"), help="pretrained SR (pretrain_sr stage)")
+    p.add_argument("--sr-init", default=DEFAULT_SR_INIT, metavar="PATTERN",
+                   help="pretrained SR of each seed, {seed} filled in (stage pretrain_sr@<seed>; default "
+                        "models/seed{seed}/sr_pretrained.pt; a path without {seed} serves every seed)")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: reports/tune/<task>)")
     p.add_argument("--heartbeat", type=int, default=20, metavar="S",
                    help="seconds between a running trial's heartbeats; a trial silent for 3 of them is taken "
                         "as killed: failed, and retried once by the next worker to start (default 20)")
     p.add_argument("--seeds", type=int, default=1, metavar="N",
-                   help="train each trial with N seeds (seed, seed+1, ...) and score it by their mean; with N >= 2 "
-                        "best_params.yaml says whether the best beats the paper's setting beyond noise (default 1)")
+                   help="train each trial with the first N of params.yaml seeds, each from its own pretrained "
+                        "SR (--sr-init), and score it by their mean; with N >= 2 best_params.yaml says whether the "
+                        "best beats the paper's setting beyond noise (default 1: seeds[0])")
     p.add_argument("--no-mlflow", action="store_true", help="do not log trials to MLflow")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # internal: one of --workers
     return p
@@ -401,8 +425,11 @@ def _validate(args: argparse.Namespace, params: Params) -> None:
         raise ConfigError(f"--max-trials: must be >= 1, got {args.max_trials}")
     if args.task not in params.tasks:
         log.info("note: task %s is not in params.yaml tasks %s; tuning it anyway", args.task, params.tasks)
+    seeds = trial_seeds(params, args.seeds)  # more --seeds than params.yaml seeds: one line, exit status 2
     if args.n_trials:
-        for path, stage in ((args.raw, "download"), (args.lr, "degrade"), (args.sr_init, "pretrain_sr")):
+        needed = [(args.raw, "download"), (args.lr, "degrade")]
+        needed += [(sr_init_for(args.sr_init, seed), f"pretrain_sr@{seed}") for seed in seeds]
+        for path, stage in needed:
             if not path.exists():
                 raise ConfigError(f"{path}: missing; run `dvc repro {stage}` first (tuning starts from its output)")
 

@@ -12,7 +12,7 @@ from src.data.degrade import degrade_folder
 from src.data.prepare import prepare_dataset
 
 TINY = {
-    "seed": 0,
+    "seeds": [0, 1],  # the tiny study trains two seeds (the seed axis of dvc.yaml)
     "device": "cpu",
     "data": {"seed": 3, "synthetic": {"num_train": 16, "num_val": 8, "image_size": 32, "max_objects": 2}},
     "sr": {"n_blocks": 1, "n_feats": 8},

@@ -368,16 +368,16 @@ def test_train_and_evaluate_stages_count_skipped_samples_in_their_metrics(data, 
     monkeypatch.setattr(pipeline.train, "train_method", fake_train)
     monkeypatch.setattr(pipeline.evaluate, "evaluate_method", fake_evaluate)
     monkeypatch.setattr(pipeline.evaluate, "save_npz_atomic", lambda *a, **k: None)
-    args = __import__("argparse").Namespace(task="cls", method="h2t")
+    args = __import__("argparse").Namespace(task="cls", method="h2t", seed=0)
 
     pipeline.train.main(args)
     assert run.metrics == {"data/skipped_train": 1, "data/skipped_val": 2, "time/loop_s": 0.0}
-    history = json.loads((work / "metrics/train/cls/h2t.json").read_text())
+    history = json.loads((work / "metrics/train/seed0/cls/h2t.json").read_text())
     assert history["skipped"] == {"train": 1, "val": 2}
 
     run.metrics.clear()
     pipeline.evaluate.main(args)
-    metrics = json.loads((work / "metrics/eval/cls/h2t.json").read_text())
+    metrics = json.loads((work / "metrics/eval/seed0/cls/h2t.json").read_text())
     assert metrics["n_skipped"] == 2 and metrics["n_val"] == 6
     assert run.metrics["data/skipped_val"] == 2 and run.metrics["val/n_skipped"] == 2
 
@@ -697,7 +697,10 @@ REPO_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
     ("det:\n  fpn_stages: ['4', 7]\n", "det.fpn_stages: a string ('4') was given where a number is expected"),
     ("train:\n  epochs: 0\n", "train.epochs: Input should be greater than 0"),
     ("tasks: []\n", "tasks must name at least one task"),
-    ("seed: 0\nseed: 1\n", "not valid YAML"),  # DVC refuses a key given twice; so does the pipeline
+    ("seeds: [0]\nseeds: [1]\n", "not valid YAML"),  # DVC refuses a key given twice; so does the pipeline
+    ("seed: 3\n", "(top level): seed is not a key: list the study's seeds as seeds: [3]"),  # the one-seed spelling
+    ("seeds: [0, 1, 0]\n", "seeds [0, 1, 0] names a seed twice"),
+    ("seeds: []\n", "seeds: List should have at least 1 item"),
     ("data: [1, 2\n", "not valid YAML"),
     ("data:\n  max_pixels: 1.0e12\n", "data.max_pixels: Input should be less than or equal to 89478485"),
     ("data:\n  max_upscale: 0.5\n", "data.max_upscale: Input should be greater than or equal to 1"),

@@ -359,13 +359,13 @@ def _stage(work: Path, *args: str) -> subprocess.CompletedProcess:
 def stages(tmp_path_factory, tiny_data) -> dict[int, Path]:
     root = tmp_path_factory.mktemp("stages")
     two = _stage_dir(root, tiny_data, 2)
-    logs = _stage(two, "pipeline.pretrain_sr").stderr
-    logs += _stage(two, "pipeline.train", "--task", "cls", "--method", "sr4ir").stderr
+    logs = _stage(two, "pipeline.pretrain_sr", "--seed", "0").stderr
+    logs += _stage(two, "pipeline.train", "--task", "cls", "--method", "sr4ir", "--seed", "0").stderr
     (two / "stderr.txt").write_text(logs)
     one = _stage_dir(root, tiny_data, 1)
-    (one / "models").mkdir()
-    (one / "models/sr_pretrained.pt").write_bytes((two / "models/sr_pretrained.pt").read_bytes())
-    _stage(one, "pipeline.train", "--task", "cls", "--method", "sr4ir")
+    (one / "models/seed0").mkdir(parents=True)
+    (one / "models/seed0/sr_pretrained.pt").write_bytes((two / "models/seed0/sr_pretrained.pt").read_bytes())
+    _stage(one, "pipeline.train", "--task", "cls", "--method", "sr4ir", "--seed", "0")
     return {1: one, 2: two}
 
 
@@ -375,13 +375,13 @@ def test_the_stages_run_under_torchrun_and_write_what_one_process_writes(stages)
     logs = (two / "stderr.txt").read_text()
     for stage in ("pipeline.pretrain_sr", "pipeline.train"):
         assert logs.count(f"{stage}: 2 processes (torchrun, gloo)") == 1  # rank 0 alone logs
-    assert logs.count("pretrain_sr: val PSNR") == 1 and logs.count("train cls/sr4ir:") == 1
-    a, b = (json.loads((w / "metrics/train/cls/sr4ir.json").read_text()) for w in (one, two))
+    assert logs.count("pretrain_sr seed 0: val PSNR") == 1 and logs.count("train cls/sr4ir seed 0:") == 1
+    a, b = (json.loads((w / "metrics/train/seed0/cls/sr4ir.json").read_text()) for w in (one, two))
     assert a.keys() == b.keys() and a["skipped"] == b["skipped"]
     assert [sorted(rec) for rec in a["epochs"]] == [sorted(rec) for rec in b["epochs"]]
     assert [rec["epoch"] for rec in b["epochs"]] == [1, 2]
-    assert sorted(p.name for p in (two / "models/cls/sr4ir").iterdir()) == ["rec.pt", "sr.pt"]
-    assert (two / "models/sr_pretrained.pt").is_file() and (two / "metrics/train/sr_pretrain.json").is_file()
+    assert sorted(p.name for p in (two / "models/seed0/cls/sr4ir").iterdir()) == ["rec.pt", "sr.pt"]
+    assert (two / "models/seed0/sr_pretrained.pt").is_file() and (two / "metrics/train/seed0/sr_pretrain.json").is_file()
 
 
 @pytest.mark.slow
@@ -391,10 +391,10 @@ def test_only_rank_0_writes_and_tracks(stages):
     two = stages[2]
     client = MlflowClient(f"sqlite:///{two / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("sr4ir").experiment_id])
-    assert sorted(r.info.run_name for r in runs) == ["pretrain_sr", "train/cls/sr4ir"]  # one run per stage
+    assert sorted(r.info.run_name for r in runs) == ["pretrain_sr/seed0", "train/cls/sr4ir/seed0"]  # one run per stage
     assert all(r.info.status == "FINISHED" and r.data.params["train.nproc"] == "2" for r in runs)
     assert [m.step for m in client.get_metric_history(
-        next(r.info.run_id for r in runs if r.info.run_name == "train/cls/sr4ir"), "val/top1")] == [1, 2]
+        next(r.info.run_id for r in runs if r.info.run_name == "train/cls/sr4ir/seed0"), "val/top1")] == [1, 2]
     stray = [p for p in two.rglob("*") if p.name.startswith(".") or p.name.endswith(".tmp")]
     assert stray == []  # no atomic-write leftovers from a second writer
     assert [p for p in (two / "checkpoints").rglob("*") if p.is_file()] == []  # removed after the outputs
@@ -417,7 +417,7 @@ def test_two_nodes_train_the_same_weights_as_one_node_with_two_processes(stages,
         (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         env = _env(MLFLOW_TRACKING_URI=f"sqlite:///{work / 'mlflow.db'}", PET_NODE_RANK=str(node),
                    PET_RDZV_ENDPOINT=f"127.0.0.1:{port}")
-        nodes.append((work, subprocess.Popen([sys.executable, "-m", "pipeline.pretrain_sr"], cwd=work, env=env,
+        nodes.append((work, subprocess.Popen([sys.executable, "-m", "pipeline.pretrain_sr", "--seed", "0"], cwd=work, env=env,
                                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)))
     for work, proc in nodes:
         _, err = proc.communicate(timeout=300)
@@ -425,8 +425,8 @@ def test_two_nodes_train_the_same_weights_as_one_node_with_two_processes(stages,
         (work / "stderr.txt").write_text(err)
     node1, node0 = (work for work, _ in nodes)
     assert "pipeline.pretrain_sr: 2 processes (torchrun, gloo)" in (node0 / "stderr.txt").read_text()
-    two_nodes = torch.load(node0 / "models/sr_pretrained.pt", weights_only=True)
-    one_node = torch.load(stages[2] / "models/sr_pretrained.pt", weights_only=True)
+    two_nodes = torch.load(node0 / "models/seed0/sr_pretrained.pt", weights_only=True)
+    one_node = torch.load(stages[2] / "models/seed0/sr_pretrained.pt", weights_only=True)
     assert two_nodes.keys() == one_node.keys()
     assert max((two_nodes[k] - v).abs().max().item() for k, v in one_node.items()) < 1e-6
     assert not (node1 / "models").exists() and not (node1 / "metrics").exists()  # rank 0 alone writes, on node 0

@@ -135,8 +135,8 @@ def test_the_output_neutral_modules_exist():
 
 def test_the_stages_are_read_through_dvc_with_matrix_and_foreach_expanded():
     names = [name for name, _, _ in _stages()]
-    assert {"download", "degrade", "pretrain_sr", "report"} <= set(names)
-    assert "train@cls-h2t" in names and "evaluate@det-sr4ir" in names and "train_t2s@seg" in names
+    assert {"download", "degrade", "pretrain_sr@0", "pretrain_sr@2", "report"} <= set(names)  # one per seed
+    assert "train@cls-h2t-0" in names and "evaluate@det-sr4ir-2" in names and "train_t2s@seg-1" in names
 
 
 @pytest.mark.parametrize("stage", [name for name, _, _ in _stages()])

@@ -69,7 +69,7 @@ def test_official_key_names_evaluate_to_the_same_psnr_as_ours(checkpoints, tiny_
 def test_cli_writes_metrics_and_report_with_a_recogniser(checkpoints, tiny_params, tiny_data, tmp_path):
     raw, lr = tiny_data
     params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump(tiny_params.model_dump(mode="json")))
+    params.write_text(yaml.safe_dump(tiny_params.model_dump(mode="json", exclude={"seed"})))
     torch.manual_seed(0)
     rec = tmp_path / "rec.pt"
     torch.save(build_task("cls", tiny_params, raw).build_model().state_dict(), rec)
@@ -107,7 +107,7 @@ def _fails(argv: list[str], capsys) -> str:
 def test_wrong_architecture_exits_2_naming_the_file(tmp_path, tiny_params, tiny_data, capsys):
     raw, lr = tiny_data
     params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump(tiny_params.model_dump(mode="json")))
+    params.write_text(yaml.safe_dump(tiny_params.model_dump(mode="json", exclude={"seed"})))
     wide = tmp_path / "wide_edsr.pt"
     torch.save(build_sr(tiny_params.sr.model_copy(update={"n_feats": 16}), tiny_params.degrade.scale).state_dict(), wide)
     base = ["--task", "cls", "--params", str(params), "--raw", str(raw), "--lr", str(lr), "--out", str(tmp_path / "o")]

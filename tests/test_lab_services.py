@@ -28,7 +28,7 @@ from tests.test_pipeline_e2e import FIRST_KEY, ROOT
 
 pytestmark = pytest.mark.slow
 
-GENERATED = {"data", "models", "metrics", "reports", "mlflow.db", "mlruns", "samples", "dvc.lock", ".dvc"}
+GENERATED = {"data", "models", "metrics", "reports", "mlflow.db", "mlruns", "samples", "scores", "dvc.lock", ".dvc"}
 GIT = ["git", "-c", "user.name=lab", "-c", "user.email=lab@example.invalid", "-c", "commit.gpgsign=false"]
 
 
@@ -94,7 +94,8 @@ def _artifacts(client, run_id: str, path: str | None = None) -> set[str]:
     return out
 
 
-SERVER_STAGES = {"pretrain_sr": "pretrain_sr", "train@cls-h2t": "train/cls/h2t", "evaluate@cls-h2t": "evaluate/cls/h2t"}
+SERVER_STAGES = {"pretrain_sr@0": "pretrain_sr/seed0", "train@cls-h2t-0": "train/cls/h2t/seed0",
+                 "evaluate@cls-h2t-0": "evaluate/cls/h2t/seed0"}
 VOLATILE_TAGS = ("mlflow.", "git.", "params.hash", "sr4ir.pipeline_key")
 
 
@@ -120,7 +121,7 @@ def test_a_repro_against_a_real_mlflow_server_logs_what_the_local_store_logs_and
         assert remote.get_experiment_by_name("sr4ir").tags["mlflow.experimentKind"] == EXPERIMENT_KIND["mlflow.experimentKind"]
         assert parent.info.end_time - parent.info.start_time >= max(r.info.end_time for r in got.values()) - min(
             r.info.start_time for r in got.values())  # the parent spans its stages
-        current = {k: str(v) for k, v in flatten(load_params(lab / "params.yaml").model_dump(mode="json")).items()}
+        current = {k: str(v) for k, v in flatten(load_params(lab / "params.yaml").with_seed(0).model_dump(mode="json")).items()}
         for name, run in got.items():
             before = ref[name]
             assert run.info.status == "FINISHED"
@@ -131,13 +132,13 @@ def test_a_repro_against_a_real_mlflow_server_logs_what_the_local_store_logs_and
             metrics = {k: v for k, v in run.data.metrics.items() if not k.startswith("time/")}
             assert metrics == pytest.approx({k: v for k, v in before.data.metrics.items() if not k.startswith("time/")})
             assert _artifacts(remote, run.info.run_id) == _artifacts(local, before.info.run_id) != set()
-        history = [m.step for m in remote.get_metric_history(got["train/cls/h2t"].info.run_id, "val/top1")]
+        history = [m.step for m in remote.get_metric_history(got["train/cls/h2t/seed0"].info.run_id, "val/top1")]
         assert history == [1, 2]
-        artifact = next(iter(_artifacts(remote, got["evaluate/cls/h2t"].info.run_id)))
+        artifact = next(iter(_artifacts(remote, got["evaluate/cls/h2t/seed0"].info.run_id)))
         assert (server.root / "artifacts").is_dir() and any((server.root / "artifacts").rglob(Path(artifact).name))
 
         # The server goes away while a stage runs: one warning, the stage finishes, its outputs are written.
-        stage = "train@det-h2t"  # the slowest training stage: long enough to be caught running
+        stage = "train@det-h2t-0"  # the slowest training stage: long enough to be caught running
         db = server.root / "server.db"
         proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "-f", "-s", stage], cwd=lab, text=True,
                                 env=_env(MLFLOW_TRACKING_URI=server.uri, SR4IR_PIPELINE_RUN="server-stops"),
@@ -146,7 +147,7 @@ def test_a_repro_against_a_real_mlflow_server_logs_what_the_local_store_logs_and
         try:
             while True:
                 with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as con:
-                    running = con.execute("SELECT COUNT(*) FROM runs WHERE name = 'train/det/h2t' AND status = 'RUNNING'"
+                    running = con.execute("SELECT COUNT(*) FROM runs WHERE name = 'train/det/h2t/seed0' AND status = 'RUNNING'"
                                           ).fetchone()[0]
                 if running:
                     break
@@ -159,7 +160,7 @@ def test_a_repro_against_a_real_mlflow_server_logs_what_the_local_store_logs_and
                 proc.kill()
         assert proc.returncode == 0, output[-3000:]
         assert output.count("MLflow tracking disabled for this process") == 1, output[-3000:]
-        assert json.loads((lab / "metrics/train/det/h2t.json").read_text())
+        assert json.loads((lab / "metrics/train/seed0/det/h2t.json").read_text())
         assert "up to date" in _dvc("status", stage, cwd=lab)
     finally:
         cm.__exit__(None, None, None)
@@ -186,7 +187,8 @@ def test_another_machine_pulls_models_and_metrics_from_a_dvc_remote_and_has_noth
     assert "up to date" in _dvc("status", cwd=clone)
     out = _dvc("repro", cwd=clone, MLFLOW_TRACKING_URI=f"sqlite:///{clone / 'mlflow.db'}")
     assert "Running stage" not in out, out
-    for rel in ("models/cls/sr4ir/sr.pt", "models/det/h2t/rec.pt", "models/sr_pretrained.pt", "metrics/eval/seg/sr4ir.json"):
+    for rel in ("models/seed0/cls/sr4ir/sr.pt", "models/seed1/det/h2t/rec.pt", "models/seed1/sr_pretrained.pt",
+                "metrics/eval/seed0/seg/sr4ir.json", "scores/seed1/cls/t2s.npz"):
         assert (clone / rel).read_bytes() == (lab / rel).read_bytes(), rel
     assert (clone / ".dvc" / "config").read_text() == config  # nothing machine-specific was committed
 
@@ -197,7 +199,7 @@ def test_another_machine_pulls_models_and_metrics_from_a_dvc_remote_and_has_noth
 
 def test_two_queued_experiments_run_side_by_side_each_under_its_own_mlflow_parent(lab):
     weights = ("0.25", "4.0")
-    target = "evaluate@cls-sr4ir"  # the experiment's stages: SR4IR on cls and its evaluation
+    target = "evaluate@cls-sr4ir-0"  # the experiment's stages: SR4IR on cls (seed 0) and its evaluation
     for w in weights:
         _dvc("exp", "run", "--queue", "-S", f"train.sr4ir.tdp_weight={w}", target, cwd=lab)
     t0 = time.time()
@@ -223,7 +225,7 @@ def test_two_queued_experiments_run_side_by_side_each_under_its_own_mlflow_paren
     by_weight = {}
     for p in parents:
         kids = [r for r in client.search_runs([exp.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{p.info.run_id}'")]
-        assert {r.info.run_name for r in kids} == {"train/cls/sr4ir", "evaluate/cls/sr4ir"}
+        assert {r.info.run_name for r in kids} == {"train/cls/sr4ir/seed0", "evaluate/cls/sr4ir/seed0"}
         (weight,) = {r.data.params["train.sr4ir.tdp_weight"] for r in kids}
         assert {r.data.tags["dvc.exp_name"] for r in kids} == {p.data.tags["dvc.exp_name"]} != {""}
         by_weight[str(float(weight))] = p

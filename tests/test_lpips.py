@@ -165,7 +165,7 @@ def test_engine_evaluate_adds_lpips_for_sr_and_l2t_not_h2t(net, tiny_data, tiny_
 
 @pytest.fixture()
 def trained_dirs(tmp_path, tiny_params, tiny_data):
-    """models/<task>/<method> as the train stages leave them (untrained weights suffice here)."""
+    """models/seed<N>/<task>/<method> as the train stages leave them (untrained weights suffice here)."""
     raw, _ = tiny_data
     task = build_task("cls", tiny_params, raw)
     out = {}

@@ -20,7 +20,7 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV = Path(sys.executable).parent.parent
-OUTPUTS = ("data", "models", "metrics", "reports", "samples", "dvc.lock")
+OUTPUTS = ("data", "models", "metrics", "reports", "samples", "scores", "dvc.lock")
 
 
 def _make_repro(cwd: Path) -> subprocess.CompletedProcess:

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from src.config import ConfigError, Params, parse_params
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT = Params().model_dump(mode="json")
+DEFAULT = Params().model_dump(mode="json", exclude={"seed"})  # the file keys (seed is derived from seeds)
 
 Path_ = tuple[str | int, ...]
 
@@ -160,7 +160,9 @@ STAGE_FLAGS = [
     ("pipeline.evaluate", ["--method", "h2t", "--task", "CLS"], ["--task", "invalid choice: 'CLS'"]),
     ("pipeline.download", ["--seed", "3"], ["unrecognized arguments: --seed 3"]),
     ("pipeline.degrade", ["--scale", "4"], ["unrecognized arguments: --scale 4"]),
-    ("pipeline.pretrain_sr", ["--epochs=1"], ["unrecognized arguments: --epochs=1"]),
+    ("pipeline.pretrain_sr", ["--seed", "0", "--epochs=1"], ["unrecognized arguments: --epochs=1"]),
+    ("pipeline.pretrain_sr", [], ["the following arguments are required: --seed"]),
+    ("pipeline.evaluate", ["--task", "cls", "--method", "h2t", "--seed", "first"], ["--seed", "invalid int value: 'first'"]),
     ("pipeline.report", ["extra"], ["unrecognized arguments: extra"]),
     ("pipeline.track", ["--key"], ["--key", "expected one argument"]),
 ]

@@ -84,15 +84,18 @@ def test_dvc_repro_dry_plans_the_profiles_study(tmp_path):
     (dest / "dvc.lock").unlink(missing_ok=True)
     _run(["git", "init", "-q"], dest)
     _run([sys.executable, "-m", "src.profile", "apply", "configs/paper/det_voc.yaml", "--scale", "8", "--sr", "edsr"], dest)
+    (seed,) = yaml.safe_load((dest / "params.yaml").read_text())["seeds"]  # the profile's one seed
+    assert seed == yaml.safe_load((ROOT / "configs/paper/det_voc.yaml").read_text())["seeds"][0]
     # --dry still hashes each stage's deps, and a never-run study has none: stand-ins for the outputs.
-    for d in ("data/raw", "data/lr", "metrics/eval", "metrics/train", "samples",
-              *(f"models/det/{m}" for m in ("h2t", "l2t", "s2t", "t2s", "joint", "sr4ir"))):
+    for d in ("data/raw", "data/lr", "metrics/eval", "metrics/train", "samples", "scores",
+              *(f"models/seed{seed}/det/{m}" for m in ("h2t", "l2t", "s2t", "t2s", "joint", "sr4ir"))):
         (dest / d).mkdir(parents=True, exist_ok=True)
-    (dest / "models/sr_pretrained.pt").write_bytes(b"")
+    (dest / f"models/seed{seed}/sr_pretrained.pt").write_bytes(b"")
     (dest / "data/manifest.json").write_text("{}\n")
     plan = _dvc("repro", "--dry", cwd=dest)
     stages = set(__import__("re").findall(r"Running stage '([^']+)'", plan))
-    assert {"download", "degrade", "pretrain_sr", "report"} <= stages
-    assert {f"evaluate@det-{m}" for m in ("h2t", "l2t", "s2t", "t2s", "joint", "sr4ir")} <= stages
+    assert {"download", "degrade", f"pretrain_sr@{seed}", "report"} <= stages
+    assert {f"evaluate@det-{m}-{seed}" for m in ("h2t", "l2t", "s2t", "t2s", "joint", "sr4ir")} <= stages
     assert not any("cls" in s or "seg" in s for s in stages)  # only the profile's task
-    assert "python -m pipeline train --task det --method sr4ir" in plan
+    assert not any(s.startswith("pretrain_sr@") and s != f"pretrain_sr@{seed}" for s in stages)  # only its seed
+    assert f"python -m pipeline train --task det --method sr4ir --seed {seed}" in plan

@@ -100,7 +100,7 @@ def test_pretraining_and_the_div2k_methods_start_from_sr_init(tmp_path, tiny_dat
     monkeypatch.setattr("src.experiment.build_setup", spy)
     pretrain_sr(params, raw, lr)
     ours = tmp_path / "ours.pt"
-    torch.save(build_sr(params.sr, 4).state_dict(), ours)  # stands for models/sr_pretrained.pt
+    torch.save(build_sr(params.sr, 4).state_dict(), ours)  # stands for models/seed<N>/sr_pretrained.pt
     train_method(params, "cls", "sr4ir", raw, lr, sr_init=ours)
     train_method(params, "cls", "s2t", raw, lr, sr_init=ours)
     assert seen[0] == ("sr_pretrain", path, True, True)  # the paper's 0s0 starts from DIV2K

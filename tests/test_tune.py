@@ -24,20 +24,31 @@ from tests.conftest import TINY
 ROOT = Path(__file__).resolve().parents[1]
 TINY_TUNE = {"epochs": 2, "warmup_epochs": 1, "data_fraction": 1.0,
              "pruner": {"name": "median", "n_startup_trials": 1, "n_warmup_steps": 2}}
+# Not 0, 1, 2 and not sorted: --seeds N must take the first N of these, not seed, seed + 1, ...
+SEEDS = [5, 2, 9]
 
 
 @pytest.fixture()
 def env(tmp_path, tiny_data, tiny_params):
     raw, lr = tiny_data
-    params = copy.deepcopy(TINY) | {"tune": TINY_TUNE}
+    params = {k: v for k, v in copy.deepcopy(TINY).items() if k != "seed"} | {"seeds": SEEDS, "tune": TINY_TUNE}
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(params))
-    sr_init = tmp_path / "sr.pt"
-    torch.save(build_sr(tiny_params.sr, tiny_params.degrade.scale).state_dict(), sr_init)
+    # One pretrained SR per seed, as pretrain_sr@<seed> writes them (models/seed<N>/sr_pretrained.pt).
+    sr_init = str(tmp_path / "models" / "seed{seed}" / "sr_pretrained.pt")
+    for seed in SEEDS:
+        torch.manual_seed(seed)
+        file = Path(sr_init.replace("{seed}", str(seed)))
+        file.parent.mkdir(parents=True)
+        torch.save(build_sr(tiny_params.sr, tiny_params.degrade.scale).state_dict(), file)
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
-    args = ["--params", str(path), "--raw", str(raw), "--lr", str(lr), "--sr-init", str(sr_init),
+    args = ["--params", str(path), "--raw", str(raw), "--lr", str(lr), "--sr-init", sr_init,
             "--storage", storage, "--out", str(tmp_path / "out"), "--no-mlflow"]
     return argparse.Namespace(args=args, storage=storage, tmp=tmp_path, params=path, raw=raw, lr=lr, sr_init=sr_init)
+
+
+def _sr_file(env, seed: int) -> Path:
+    return Path(env.sr_init.replace("{seed}", str(seed)))
 
 
 def _heartbeats(storage: str) -> int:
@@ -114,15 +125,17 @@ def test_seeds_score_a_trial_by_their_mean_and_say_whether_the_best_beats_the_pa
     study = tune.open_study(f"seeds{seeds}", tune.storage_for(env.storage), params, 1)
     seen = []
 
-    def train_fn(p, *args, callbacks=(), **kwargs):
-        seen.append((p.train.sr4ir.cqmix_p, p.seed))
-        top1 = 50.0 + p.seed if p.train.sr4ir.cqmix_p == 0.5 else 60.0 + 0.5 * p.seed  # +10, +9.5, +9 over the paper's
-        return TrainResult({}, [{"epoch": 1, "val/top1": top1, "val/psnr": 20.0 + p.seed}], 0.0)
+    def train_fn(p, *args, callbacks=(), sr_init=None, **kwargs):
+        seen.append((p.train.sr4ir.cqmix_p, p.seed, sr_init))
+        k = SEEDS.index(p.seed)  # 0, 1, 2: the seed's place in params.yaml seeds
+        top1 = 50.0 + k if p.train.sr4ir.cqmix_p == 0.5 else 60.0 + 0.5 * k  # +10, +9.5, +9 over the paper's
+        return TrainResult({}, [{"epoch": 1, "val/top1": top1, "val/psnr": 20.0 + k}], 0.0)
 
     study.enqueue_trial(tune.PAPER_DEFAULT)
     study.enqueue_trial({"tdp_weight": 1.0, "cqmix_p": 0.2})
     tune.optimize(study, _objective(env, train_fn, seeds=seeds), 2, None)
-    assert seen == [(p, s) for p in (0.5, 0.2) for s in range(seeds)]  # the same seeds for every trial: they pair
+    # The first N of params.yaml seeds, the same for every trial (so they pair), each from its own pretrained SR.
+    assert seen == [(p, s, _sr_file(env, s)) for p in (0.5, 0.2) for s in SEEDS[:seeds]]
     paper, best = study.trials
     assert paper.value == pytest.approx(50.0 + (seeds - 1) / 2) and best.value == pytest.approx(60.0 + (seeds - 1) / 4)
     assert paper.user_attrs["psnr"] == pytest.approx(20.0 + (seeds - 1) / 2)
@@ -178,6 +191,37 @@ def test_apply_after_a_study_and_bad_flags(env):
     assert parse_params(yaml.safe_load(env.params.read_text())).train.sr4ir.tdp_weight == 1.0  # only trial = default
     assert tune.main([*env.args, "--n-trials", "-1"]) == 2
     assert tune.main([*env.args, "--n-trials", "1", "--sr-init", str(env.tmp / "missing.pt")]) == 2
+
+
+def test_seeds_are_the_first_of_params_seeds_each_from_its_own_pretrained_sr(env, monkeypatch):
+    from src import experiment
+
+    assert tune.trial_seeds(parse_params(yaml.safe_load(env.params.read_text())), 2) == [5, 2]
+    assert tune.sr_init_for("models/seed{seed}/sr_pretrained.pt", 9) == Path("models/seed9/sr_pretrained.pt")
+    assert tune.sr_init_for(lambda s: f"w{s}.pt", 2) == Path("w2.pt")
+    assert tune.sr_init_for("one.pt", 5) == Path("one.pt")  # no {seed}: one file for every seed
+    seen = []
+    real = experiment.train_method
+
+    def spy(params, task, method, raw, lr, sr_init=None, **kwargs):
+        seen.append((params.seed, sr_init))
+        return real(params, task, method, raw, lr, sr_init=sr_init, **kwargs)
+
+    monkeypatch.setattr(tune, "train_method", spy)  # what main()'s Objective trains with
+    assert tune.main([*env.args, "--n-trials", "1", "--seeds", "2"]) == 0
+    assert seen == [(5, _sr_file(env, 5)), (2, _sr_file(env, 2))]
+    assert len(_study(env.storage).trials[0].user_attrs["seed_values"]) == 2
+
+
+def test_more_seeds_than_params_lists_or_a_missing_seeds_sr_fail_in_one_line(env, capsys):
+    assert tune.main([*env.args, "--n-trials", "1", "--seeds", "4"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: --seeds 4: params.yaml seeds lists 3 seed(s) [5, 2, 9]")
+    _sr_file(env, 2).unlink()
+    assert tune.main([*env.args, "--n-trials", "1", "--seeds", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: {_sr_file(env, 2)}: missing; run `dvc repro pretrain_sr@2` first (tuning starts from its output)\n"
+    assert tune.main([*env.args, "--n-trials", "1", "--seeds", "1"]) == 0  # seed 5 alone needs only its own
 
 
 def test_two_objectives_and_mlflow_nesting(env, monkeypatch):

@@ -50,6 +50,7 @@ def test_voc_profile_runs_through_dvc_repro(tmp_path, profile_name):
     _dvc("repro", cwd=dest)
 
     task, metric = METRIC[profile_name]
+    (seed,) = raw["seeds"]  # the profile's one seed
     classes = json.loads((dest / "data/raw/classes.json").read_text())
     assert len(classes) == 20 and classes[0] == "aeroplane"
     for split in ("train", "val"):  # VOC serves seg and det only: no labels.csv
@@ -58,10 +59,11 @@ def test_voc_profile_runs_through_dvc_repro(tmp_path, profile_name):
     assert len(sizes) == 2  # the two val images keep their own shapes
     assert not (dest / "data/lr/train").exists() and len(list((dest / "data/lr/val").glob("*.png"))) == 2
     for m in ("h2t", "l2t", "s2t", "t2s", "joint", "sr4ir"):
-        metrics = json.loads((dest / "metrics/eval" / task / f"{m}.json").read_text())
+        metrics = json.loads((dest / f"metrics/eval/seed{seed}" / task / f"{m}.json").read_text())
         assert 0.0 <= metrics[metric] <= 100.0 and metrics["n_val"] == 2
     report = (dest / "reports/report.md").read_text()
     assert "Dataset **voc**" in report and f"## Task: {task}" in report
     assert "another setting: compare orderings only" in report  # x4 and tiny: not the published x8 setting
-    assert {p.name for p in (dest / "metrics/eval").iterdir()} == {task}
+    assert {p.name for p in (dest / "metrics/eval").iterdir()} == {f"seed{seed}"}
+    assert {p.name for p in (dest / f"metrics/eval/seed{seed}").iterdir()} == {task}
     assert "up to date" in _dvc("status", cwd=dest)  # nothing left to run

@@ -10,7 +10,7 @@ chosen by ``Task.target_kind``.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -23,8 +23,22 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class Metric(Protocol):
+    """A task metric accumulated over batches, which can also hand back what it saw image by image.
+
+    ``per_image()`` is a dict of arrays from which the task's primary metric can be recomputed on any
+    multiset of the images seen (a bootstrap resample, ``src.bootstrap``): ``scorer(scores)`` prepares
+    that once and returns ``f(index) -> float``, ``index`` an int array of image positions (in the order
+    ``update`` saw them; repeats allowed, a repeated image counting as a distinct one), and
+    ``f(np.arange(num_images(scores)))`` is exactly ``compute()[Task.primary_metric]``.
+    """
+
     def update(self, preds: Any, target: Any) -> None: ...
     def compute(self) -> dict[str, float]: ...
+    def per_image(self) -> dict[str, np.ndarray]: ...
+    @staticmethod
+    def num_images(scores: Mapping[str, np.ndarray]) -> int: ...
+    @staticmethod
+    def scorer(scores: Mapping[str, np.ndarray]) -> Callable[[np.ndarray], float]: ...
 
 
 class Task(Protocol):
@@ -35,6 +49,8 @@ class Task(Protocol):
     target_kind: str
     # The network's class count (seg's includes the background); src.data.targets checks the annotations against it.
     num_classes: int
+    # The class ``new_metric()`` returns: its static ``num_images`` and ``scorer`` read saved ``per_image()`` arrays.
+    metric_class: type[Metric]
 
     def build_model(self) -> nn.Module: ...
     def param_groups(self, model: nn.Module) -> list[dict]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -40,10 +41,46 @@ class Classifier(nn.Module):
         return self.forward_features(x)["fc"]
 
 
+class Top1:
+    """Top-1 accuracy in percent over everything seen; per image: whether its prediction was right."""
+
+    def __init__(self) -> None:
+        self.correct = 0
+        self.total = 0
+        self._flags: list[np.ndarray] = []
+
+    def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
+        hit = preds.cpu() == target.cpu()
+        self.correct += int(hit.sum())
+        self.total += int(target.numel())
+        self._flags.append(hit.reshape(-1).numpy())
+
+    def compute(self) -> dict[str, Any]:
+        return {"top1": 100.0 * self.correct / max(self.total, 1)}
+
+    def per_image(self) -> dict[str, np.ndarray]:
+        """``correct``: (N,) bool, image i's prediction equals its label."""
+        return {"correct": np.concatenate(self._flags) if self._flags else np.zeros(0, bool)}
+
+    @staticmethod
+    def num_images(scores: Mapping[str, np.ndarray]) -> int:
+        return len(scores["correct"])
+
+    @staticmethod
+    def scorer(scores: Mapping[str, np.ndarray]) -> Callable[[np.ndarray], float]:
+        correct = np.asarray(scores["correct"], dtype=bool)
+
+        def top1(index: np.ndarray) -> float:  # the same arithmetic as compute()
+            return 100.0 * int(correct[index].sum()) / max(len(index), 1)
+
+        return top1
+
+
 class ClassificationTask:
     name = "cls"
     primary_metric = "top1"
     target_kind = "label"
+    metric_class = Top1
 
     def __init__(self, cfg: ClsConfig, num_classes: int):
         self.cfg, self.num_classes = cfg, num_classes  # layer and loss-term names: checked by ClsConfig
@@ -81,18 +118,3 @@ class ClassificationTask:
 
     def frozen(self, model: nn.Module):
         return frozen_critic(model)
-
-
-class Top1:
-    """Top-1 accuracy in percent over everything seen."""
-
-    def __init__(self) -> None:
-        self.correct = 0
-        self.total = 0
-
-    def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
-        self.correct += int((preds.cpu() == target.cpu()).sum())
-        self.total += int(target.numel())
-
-    def compute(self) -> dict[str, Any]:
-        return {"top1": 100.0 * self.correct / max(self.total, 1)}

@@ -4,6 +4,8 @@ val split, ignoring 255."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -35,10 +37,68 @@ class Segmenter(nn.Module):
         return self.net(self.normalize(x))  # {"out": (B, K, H, W)} (+ "aux" for DeepLabV3)
 
 
+class ConfusionIoU:
+    """mIoU (%) from a confusion matrix accumulated over all pixels whose target is not 255.
+
+    IoU_c = TP / (TP + FP + FN); the mean is over classes that occur in the target or the prediction
+    (a class absent from both has no defined IoU). Per image: its own confusion matrix (they sum to the
+    split's, so a resample's mIoU is that of its summed matrices).
+    """
+
+    def __init__(self, num_classes: int):
+        self.k = num_classes
+        self.mat = torch.zeros(num_classes, num_classes, dtype=torch.long)  # rows: target, cols: prediction
+        self._per_image: list[np.ndarray] = []
+
+    def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
+        n = target.shape[0]  # the images of a batch share one size
+        for t, p in zip(target.cpu().reshape(n, -1), preds.cpu().reshape(n, -1), strict=True):
+            keep = (t >= 0) & (t < self.k)
+            mat = torch.bincount(self.k * t[keep] + p[keep], minlength=self.k**2).reshape(self.k, self.k)
+            self.mat += mat  # integer counts: the same total as one bincount over the batch
+            self._per_image.append(mat.numpy())
+
+    def compute(self) -> dict[str, float]:
+        return _scores(self.mat)
+
+    def per_image(self) -> dict[str, np.ndarray]:
+        """``confusion``: (N, K, K) int64, image i's pixel counts (rows: target, cols: prediction; 255 left out)."""
+        if not self._per_image:
+            return {"confusion": np.zeros((0, self.k, self.k), np.int64)}
+        return {"confusion": np.stack(self._per_image).astype(np.int64)}
+
+    @staticmethod
+    def num_images(scores: Mapping[str, np.ndarray]) -> int:
+        return len(scores["confusion"])
+
+    @staticmethod
+    def scorer(scores: Mapping[str, np.ndarray]) -> Callable[[np.ndarray], float]:
+        mats = np.asarray(scores["confusion"], dtype=np.int64)
+        flat = mats.reshape(len(mats), -1)
+
+        def miou(index: np.ndarray) -> float:
+            counts = np.bincount(index, minlength=len(mats))  # a repeated image counts its pixels again
+            mat = (counts @ flat).reshape(mats.shape[1:])  # exact: integer sums
+            return _scores(torch.from_numpy(mat))["miou"]
+
+        return miou
+
+
+def _scores(mat: torch.Tensor) -> dict[str, float]:
+    """mIoU and pixel accuracy (%) of a (K, K) confusion matrix (``ConfusionIoU``'s rule)."""
+    m = mat.double()
+    tp = m.diag()
+    union = m.sum(0) + m.sum(1) - tp
+    iou = tp[union > 0] / union[union > 0]
+    return {"miou": 100.0 * float(iou.mean()) if len(iou) else float("nan"),
+            "pixel_acc": 100.0 * float(tp.sum() / m.sum().clamp(min=1))}
+
+
 class SegmentationTask:
     name = "seg"
     primary_metric = "miou"
     target_kind = "mask"
+    metric_class = ConfusionIoU
 
     def __init__(self, cfg: SegConfig, num_classes: int):
         self.cfg = cfg
@@ -82,28 +142,3 @@ class SegmentationTask:
 
     def frozen(self, model: nn.Module):
         return frozen_critic(model)
-
-
-class ConfusionIoU:
-    """mIoU (%) from a confusion matrix accumulated over all pixels whose target is not 255.
-
-    IoU_c = TP / (TP + FP + FN); the mean is over classes that occur in the target or the prediction
-    (a class absent from both has no defined IoU).
-    """
-
-    def __init__(self, num_classes: int):
-        self.k = num_classes
-        self.mat = torch.zeros(num_classes, num_classes, dtype=torch.long)  # rows: target, cols: prediction
-
-    def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
-        t, p = target.flatten().cpu(), preds.flatten().cpu()
-        keep = (t >= 0) & (t < self.k)
-        self.mat += torch.bincount(self.k * t[keep] + p[keep], minlength=self.k**2).reshape(self.k, self.k)
-
-    def compute(self) -> dict[str, float]:
-        m = self.mat.double()
-        tp = m.diag()
-        union = m.sum(0) + m.sum(1) - tp
-        iou = tp[union > 0] / union[union > 0]
-        return {"miou": 100.0 * float(iou.mean()) if len(iou) else float("nan"),
-                "pixel_acc": 100.0 * float(tp.sum() / m.sum().clamp(min=1))}
