@@ -248,9 +248,10 @@ def check_summary(checks: Checks) -> list[str]:
     headline claim (with one seed: that no verdict over seeds can be given, and the test-set intervals)."""
     total, h = len(checks.orderings), checks.headline
     if checks.n >= 2:
+        counts = {w: sum(c.word == w for c in checks.orderings) for w in (HOLDS, REVERSED, NOT_RESOLVED)}
         lines = [f"Of {total} paper orderings: " + ", ".join(
-            f"{sum(c.word == w for c in checks.orderings)} {'hold' if w == HOLDS else w}"
-            for w in (HOLDS, REVERSED, NOT_RESOLVED)) + f" (paired over {checks.n} seeds)."]
+            f"{k} {'hold' if w == HOLDS and k != 1 else w}" for w, k in counts.items())
+            + f" (paired over {checks.n} seeds)."]
         if h:
             text = f"Headline (SR4IR above every LR-only method): holds on {sum(c.word == HOLDS for c in h)} of {len(h)}"
             for w in (REVERSED, NOT_RESOLVED):

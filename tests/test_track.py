@@ -161,13 +161,16 @@ def test_every_stage_run_carries_its_task_method_and_seed(tmp_path, monkeypatch)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("SR4IR_PIPELINE_RUN", "tags-check")
     params = _tiny([4, 7])
-    with stage_run("train/cls/h2t/seed7", params.with_seed(7), task="cls", method="h2t"):
+    with stage_run("train/cls/h2t/seed7", params.with_seed(7), task="cls", method="h2t", seed=7):
         pass
-    with stage_run("pretrain_sr/seed4", params.with_seed(4), method="sr_pretrain"):
+    with stage_run("pretrain_sr/seed4", params.with_seed(4), method="sr_pretrain", seed=4):
+        pass
+    with stage_run("download", params):  # shared by every seed: no seed tag or param
         pass
     client = MlflowClient(uri)
     runs = {r.info.run_name: r for r in client.search_runs([client.get_experiment_by_name("sr4ir").experiment_id])}
-    train, pretrain = runs["train/cls/h2t/seed7"], runs["pretrain_sr/seed4"]
+    train, pretrain, download = runs["train/cls/h2t/seed7"], runs["pretrain_sr/seed4"], runs["download"]
+    assert download.data.tags["seed"] == "" and "seed" not in download.data.params
     assert {k: train.data.tags[k] for k in ("task", "method", "seed")} == {"task": "cls", "method": "h2t", "seed": "7"}
     assert train.data.params["seed"] == "7" and pretrain.data.params["seed"] == "4"
     assert pretrain.data.tags["seed"] == "4" and pretrain.data.tags["method"] == "sr_pretrain"
