@@ -74,6 +74,29 @@ def _delegate(address: str, module: str, argv: list[str]) -> int | None:
         conn.connect(address)
     except OSError:
         return None
+    # The fork may start writing to our streams before its pid reaches us: a SIGTERM in that window must not
+    # kill this launcher and leave the stage running. Signals are caught from before the request goes out,
+    # held until the pid is known, then passed on (or, when nothing was forked, raised here again).
+    stage: dict[str, int] = {}
+    held: list[int] = []
+
+    def forward(signum, _frame):
+        if "pid" not in stage:
+            held.append(signum)
+            return
+        try:
+            os.kill(stage["pid"], signum)
+        except ProcessLookupError:
+            pass
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+
+    def not_forked() -> None:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for signum in held:
+            signal.raise_signal(signum)
+
     with conn:
         request = json.dumps({"module": module, "argv": argv, "cwd": os.getcwd(), "env": dict(os.environ),
                               "path": sys.path[0] if sys.path else ""}).encode()
@@ -85,21 +108,16 @@ def _delegate(address: str, module: str, argv: list[str]) -> int | None:
             reader = conn.makefile("rb")
             started = json.loads(reader.readline() or b"{}")
         except (OSError, ValueError):
+            not_forked()
             return None
         if "pid" not in started:  # the server did not fork: nothing ran yet
+            not_forked()
             print(f"note: warm stage server not used ({started.get('error', 'no answer')}); {module} starts afresh",
                   file=sys.stderr)
             return None
-        pid = started["pid"]
-
-        def forward(signum, _frame):
-            try:
-                os.kill(pid, signum)
-            except ProcessLookupError:
-                pass
-
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(sig, forward)
+        stage["pid"] = started["pid"]
+        for signum in held:
+            forward(signum, None)
         line = reader.readline()
     if not line:
         print(f"error: the warm stage server ({address}) went away while running {module}", file=sys.stderr)

@@ -274,7 +274,9 @@ def test_a_killed_workers_trial_is_failed_and_retried_on_the_next_start(env):
                 trials = _study(env.storage).trials
             except KeyError:  # the study is not created yet
                 trials = []
-            if trials and trials[0].state == optuna.trial.TrialState.RUNNING and _heartbeats(env.storage):
+            # ...and has its parameters: a trial killed before them is retried with freshly sampled ones.
+            if trials and trials[0].state == optuna.trial.TrialState.RUNNING and _heartbeats(env.storage) \
+                    and {"tdp_weight", "cqmix_p"} <= set(trials[0].params):
                 break
             assert proc.poll() is None, "the worker finished before it could be killed"
             time.sleep(0.2)

@@ -120,6 +120,50 @@ def test_sigterm_to_the_launcher_reaches_the_stage_and_its_exit_code_comes_back(
     assert proc.returncode == 143 and out == "stopping\n"
 
 
+def test_a_sigterm_before_the_stages_pid_arrives_is_held_and_passed_on(tmp_path):
+    """The window between the request and the server's answer: the fork already runs (it may even have printed)
+    but the launcher does not know its pid yet. A SIGTERM there must reach the stage, not kill the launcher."""
+    import socket
+    import threading
+
+    from pipeline.warm import _HEADER
+
+    address = tmp_path / "fake.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(address))
+    listener.listen(1)
+    launcher = subprocess.Popen([sys.executable, "-c", LAUNCH], cwd=tmp_path, env=_env(**{ENV: str(address)}),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    stage: dict = {}
+
+    def serve() -> None:  # what the server does, with a SIGTERM to the launcher before its answer
+        conn, _ = listener.accept()
+        with conn:
+            _, fds, _, _ = socket.recv_fds(conn, _HEADER.size, 3)
+            for fd in fds:
+                os.close(fd)
+            os.kill(launcher.pid, signal.SIGTERM)
+            time.sleep(0.5)  # the signal is delivered while the launcher waits for the pid
+            stage["proc"] = proc = subprocess.Popen(
+                [sys.executable, "-c", "import signal, sys, time\n"
+                 "signal.signal(signal.SIGTERM, lambda *a: sys.exit(143))\nprint('ready', flush=True)\ntime.sleep(60)"],
+                stdout=subprocess.PIPE, text=True)
+            assert proc.stdout.readline() == "ready\n"
+            conn.sendall(json.dumps({"pid": proc.pid}).encode() + b"\n")
+            code = proc.wait(timeout=60)
+            conn.sendall(json.dumps({"exit": code}).encode() + b"\n")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        assert launcher.wait(timeout=90) == 143, launcher.stderr.read()
+    finally:
+        launcher.kill()
+        thread.join(timeout=70)
+        listener.close()
+    assert stage["proc"].returncode == 143  # the stage got the held SIGTERM
+
+
 def test_a_stage_killed_by_a_signal_reports_the_shells_code(server, probe):
     address, _ = server
     assert _launch(probe, "--crash", **{ENV: str(address)}).returncode == 128 + signal.SIGKILL
