@@ -13,7 +13,8 @@ from pipeline import _stage, paths
 from src.config import load_params
 from src.methods import TABLE_METHODS
 from src.figures import plot_qualitative, plot_results
-from src.report import add_bootstrap_intervals, ordering_check, render_html, render_markdown, study_table
+from src.report import (add_bootstrap_intervals, convergence_table, ordering_check, render_html, render_markdown,
+                        study_table)
 from src.tasks import TASKS, build_task
 from src.tracking import stage_run
 from src.utils import atomic_path, read_json, write_text_atomic
@@ -40,12 +41,12 @@ def _report(params) -> None:
     # empties it first): a failure leaves the previous report as it was, and no figure of a task left out stays.
     with atomic_path(paths.REPORTS / "figures") as staged:
         staged.mkdir()
-        sections, frames, times = _figures(params, staged)
+        sections, frames, times, convergence = _figures(params, staged)
     # One row per (task, method, seed); why LPIPS is missing (lpips_note) is a footnote of the report's tables.
     table = pd.concat(frames).drop(columns=["lpips_note"], errors="ignore")
     write_text_atomic(paths.REPORTS / "results.csv", table.to_csv(index=False, float_format="%.3f"))
-    write_text_atomic(paths.REPORTS / "report.md", render_markdown(params, sections, times))
-    write_text_atomic(paths.REPORTS / "report.html", render_html(params, sections, times, paths.REPORTS))
+    write_text_atomic(paths.REPORTS / "report.md", render_markdown(params, sections, times, convergence))
+    write_text_atomic(paths.REPORTS / "report.html", render_html(params, sections, times, paths.REPORTS, convergence))
     logging.info("report: %s", paths.REPORTS / "report.md")
 
 
@@ -68,13 +69,13 @@ def _mean(values: list[float]) -> float:
 
 
 def _figures(params, staged):
-    """Each task's table and figures (written into ``staged``, the figures folder to be), and the stage wall
-    times (the mean over the seeds)."""
+    """Each task's table and figures (written into ``staged``, the figures folder to be), the stage wall times
+    (the mean over the seeds) and each task's convergence table."""
     seeds = list(params.seeds)
     resamples = params.eval.bootstrap
     times = {"pretrain_sr": _mean([read_json(_needed(paths.pretrain_history(s), f"pretrain_sr@{s}"))["seconds"]
                                    for s in seeds])}
-    sections, frames = [], []
+    sections, frames, convergence = [], [], {}
     for task in params.tasks:
         primary = TASKS[task].primary_metric
         metrics = {s: {m: read_json(_needed(paths.eval_metrics(task, m, s), f"evaluate@{task}-{m}-{s}"))
@@ -98,8 +99,9 @@ def _figures(params, staged):
         n_classes = len(samples["h2t"]["class_names"])
         plot_qualitative(build_task(task, params, num_classes=n_classes), samples, staged / f"{task}_qualitative.png")
         sections.append((task, df, ordering_check(df, primary, scores, resamples), figures))
+        convergence[task] = convergence_table(df, histories, primary)
         frames.append(df)
-    return sections, frames, times
+    return sections, frames, times, convergence
 
 
 if __name__ == "__main__":

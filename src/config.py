@@ -217,7 +217,7 @@ class ClsConfig(Strict):
 
     arch: Literal["resnet18", "resnet34", "resnet50"] = "resnet18"
     pretrained: bool = False  # ImageNet weights (needs a download; never required)
-    optim: OptimConfig = OptimConfig(name="sgd", lr=0.03, momentum=0.9, weight_decay=1.0e-4, eta_min=1.0e-4)
+    optim: OptimConfig = OptimConfig(name="adamw", lr=1.0e-3, momentum=0.0, weight_decay=1.0e-4, eta_min=1.0e-6)
     loss_weights: dict[str, NonNegFloat] = {"loss_ce": 1.0}
     tdp_layers: dict[str, NonNegFloat] = {"layer4": 1.0}
     cqmix_grid: PosInt = 4
@@ -240,7 +240,7 @@ class SegConfig(Strict):
     arch: Literal["lraspp_mobilenet_v3_large", "deeplabv3_mobilenet_v3_large"] = "lraspp_mobilenet_v3_large"
     pretrained_backbone: bool = False  # ImageNet backbone (needs a download; never required)
     bn_momentum: Annotated[float, Field(gt=0.0, le=1.0)] = 0.1  # torchvision's MobileNetV3 uses 0.01 (see set_bn_momentum)
-    optim: OptimConfig = OptimConfig(name="adamw", lr=1.0e-3, momentum=0.0, weight_decay=1.0e-4, eta_min=1.0e-6)
+    optim: OptimConfig = OptimConfig(name="adamw", lr=1.2e-2, momentum=0.0, weight_decay=1.0e-4, eta_min=1.0e-6)
     loss_weights: dict[str, NonNegFloat] = {"loss_ce": 1.0}
     tdp_layers: dict[str, NonNegFloat] = {"C5": 1.0}
     cqmix_grid: PosInt = 8
@@ -355,7 +355,7 @@ class TrainConfig(Strict):
     checkpoint_every_steps: NonNegInt = 0  # resume checkpoints also inside epochs (0: after each epoch only)
     # Share of the val split scored after every epoch for the learning curves (a fixed prefix; the split's
     # order is random). The table's numbers come from the evaluate stage on the whole split.
-    monitor_fraction: Annotated[float, Field(gt=0.0, le=1.0)] = 0.25
+    monitor_fraction: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
     # Speed switches of the SR4IR step (python -m src.bench measures them). Off: the exact fp32 step.
     amp: Literal["none", "bf16"] = "none"  # bf16 autocast (close to fp32, not equal; GPU)
     compile: bool = False  # torch.compile the SR network and the recogniser's trunk

@@ -389,6 +389,56 @@ def markdown_table(df: pd.DataFrame, primary: str, paper_name: str) -> str:
     return "\n".join(lines)
 
 
+# The embedded default's calibration targets (docs/choices.md): a recogniser has converged when its monitored val
+# metric moves by less than PLATEAU points over its last two epochs on every seed, and a method is stable when
+# the between-seed sd of its task metric is at most SPREAD points.
+PLATEAU = 1.0
+SPREAD = {"top1": 3.0, "miou": 3.0, "map": 2.0}
+
+
+def convergence_table(df: pd.DataFrame, histories: Mapping[str, Sequence[Sequence[Mapping[str, Any]]]],
+                      primary: str) -> pd.DataFrame:
+    """Per method (the paper's order): ``sd`` (of the task metric over seeds; NaN with one seed), ``change``
+    (the largest |last − next-to-last epoch| of the monitored val metric over the seeds; NaN with one epoch),
+    and ``plateau`` / ``stable`` (whether they meet PLATEAU and SPREAD; None where they cannot be judged).
+    ``histories``: method -> each seed's epoch records, as the train stages write them."""
+    key, limit = f"val/{primary}", SPREAD.get(primary, 3.0)
+    rows = []
+    for m in TABLE_METHODS:
+        runs = df[df["method"] == m]
+        if runs.empty:
+            continue
+        sd = mean_interval([float(v) for v in runs[primary]]).sd
+        changes = [abs(float(r[-1][key]) - float(r[-2][key])) for r in histories.get(m, []) if len(r) >= 2]
+        change = max(changes) if changes else math.nan
+        rows.append({"method": m, "label": METHODS[m].label, "sd": sd, "change": change,
+                     "plateau": None if math.isnan(change) else change < PLATEAU,
+                     "stable": None if math.isnan(sd) else sd <= limit})
+    return pd.DataFrame(rows)
+
+
+def convergence_lines(table: pd.DataFrame, primary: str, monitor_fraction: float) -> tuple[str, list[str], list[list[str]]]:
+    """The convergence table's summary line, header and cells."""
+    limit = SPREAD.get(primary, 3.0)
+
+    def judged(ok: Any) -> bool:  # pandas may hand None back as NaN
+        return ok is not None and ok == ok
+
+    def word(ok: Any) -> str:
+        return ("met" if ok else "**not met**") if judged(ok) else "—"
+
+    n_plateau = sum(judged(ok) and bool(ok) for ok in table["plateau"])
+    n_stable = sum(judged(ok) and bool(ok) for ok in table["stable"])
+    share = "all" if monitor_fraction >= 1 else f"the first {monitor_fraction:g}"
+    summary = (f"Convergence (|last − next-to-last epoch| < {PLATEAU:g} point on every seed, on {share} of val): "
+               f"{n_plateau} of {len(table)} methods; spread (sd over seeds ≤ {limit:g} points): {n_stable} of "
+               f"{len(table)}.")
+    header = ["method", "largest last-epoch change", "plateau", "sd over seeds", "spread"]
+    rows = [[r["label"], fmt_number(r["change"]), word(r["plateau"]), fmt_number(r["sd"]), word(r["stable"])]
+            for r in table.to_dict("records")]
+    return summary, header, rows
+
+
 def stage_times_table(times: Mapping[str, float]) -> str:
     """Stage wall times (seconds, the mean over the seeds) as a markdown table."""
     lines = ["| stage | seconds |", "|---|---:|"]
@@ -464,8 +514,10 @@ def _primary(df: pd.DataFrame) -> str:
 Section = tuple[str, pd.DataFrame, Any, dict[str, str]]
 
 
-def render_markdown(params: Params, sections: list[Section], times: Mapping[str, float]) -> str:
-    """The report as markdown: header, the verdict note, then per task its table, checks and figures."""
+def render_markdown(params: Params, sections: list[Section], times: Mapping[str, float],
+                    convergence: Mapping[str, pd.DataFrame] | None = None) -> str:
+    """The report as markdown: header, the verdict note, then per task its table, checks, convergence (task ->
+    its convergence_table, where given) and figures."""
     out = ["# SR4IR study report", "", *_intro(params), "", VERDICT_NOTE, ""]
     for task, df, checks, figures in sections:
         primary = _primary(df)
@@ -473,6 +525,10 @@ def render_markdown(params: Params, sections: list[Section], times: Mapping[str,
         if checks:
             out += ["Reproduction check, against the ordering of the paper's published numbers:", "",
                     *checks_markdown(checks), ""]
+        if convergence and task in convergence:
+            summary, header, rows = convergence_lines(convergence[task], primary, params.train.monitor_fraction)
+            out += [f"- {summary}", "", "| " + " | ".join(header) + " |", "|---|---:|---|---:|---|",
+                    *("| " + " | ".join(row) + " |" for row in rows), ""]
         for kind, fig in figures.items():
             out += [f"![{task} {kind}]({fig})", "", f"*{FIGURE_CAPTIONS.get(kind, '')}*", ""]
     if times:
@@ -480,7 +536,8 @@ def render_markdown(params: Params, sections: list[Section], times: Mapping[str,
     return "\n".join(out)
 
 
-def render_html(params: Params, sections: list[Section], times: Mapping[str, float], root: Path) -> str:
+def render_html(params: Params, sections: list[Section], times: Mapping[str, float], root: Path,
+                convergence: Mapping[str, pd.DataFrame] | None = None) -> str:
     """The same report as one self-contained HTML file: figures are embedded as data URIs."""
     import base64
     import html
@@ -511,6 +568,9 @@ def render_html(params: Params, sections: list[Section], times: Mapping[str, flo
         if checks:
             body += ["<h3>Reproduction check</h3><ul>" + "".join(f"<li>{esc(s)}</li>" for s in check_summary(checks))
                      + "</ul>", table(check_header(checks), check_rows(checks))]
+        if convergence and task in convergence:
+            summary, header, rows = convergence_lines(convergence[task], primary, params.train.monitor_fraction)
+            body += ["<h3>Convergence and spread</h3>", f"<p>{esc(summary)}</p>", table(header, rows)]
         for kind, fig in figures.items():
             body += [f"<figure>{img(fig, f'{task} {kind}')}<figcaption>{esc(FIGURE_CAPTIONS.get(kind, ''))}</figcaption></figure>"]
     if times:

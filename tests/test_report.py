@@ -391,3 +391,42 @@ def test_the_qualitative_figure_draws_every_method_and_sample(name, tmp_path):
     out = tmp_path / "q.png"
     plot_qualitative(build_task(name, Params(), num_classes=len(names)), samples, out)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _histories(last_two: dict[str, list[tuple[float, float]]], key: str = "val/top1") -> dict[str, list[list[dict]]]:
+    """method -> each seed's epoch records ending with the given (next-to-last, last) values."""
+    return {m: [[{"epoch": 1, key: 10.0}, {"epoch": 2, key: a}, {"epoch": 3, key: b}] for a, b in runs]
+            for m, runs in last_two.items()}
+
+
+def test_the_convergence_table_judges_plateau_and_spread_against_the_calibration_targets():
+    from src.report import convergence_table
+
+    df = study_table("cls", _metrics("top1"), "top1")
+    flat = [(50.0, 50.5), (60.0, 59.2), (70.0, 70.0)]  # moves by 0.5, 0.8, 0: a plateau on every seed
+    histories = _histories({m: flat for m in SEEDS} | {"sr4ir": [(50.0, 50.5), (60.0, 61.0), (70.0, 70.0)]})
+    table = convergence_table(df, histories, "top1").set_index("method")
+    assert table.loc["h2t", "change"] == pytest.approx(0.8) and table.loc["h2t", "plateau"]
+    assert table.loc["sr4ir", "change"] == pytest.approx(1.0) and not table.loc["sr4ir", "plateau"]  # 1 is not < 1
+    # sd over seeds: [61, 63, 65] has sd 2 (stable at <= 3 points); [1, 2, 3]-spaced ones sd 1; constant 0
+    assert table.loc["t2s", "sd"] == pytest.approx(2.0) and table.loc["t2s", "stable"]
+    assert table.loc["l2t", "sd"] == 0.0
+    wide = study_table("det", _metrics("map", values=SEEDS | {"t2s": [60.0, 63.0, 66.0]}), "map")
+    det = convergence_table(wide, _histories({m: flat for m in SEEDS}, "val/map"), "map").set_index("method")
+    assert det.loc["t2s", "sd"] == pytest.approx(3.0) and not det.loc["t2s", "stable"]  # mAP allows 2 points
+    md = render_markdown(Params(), [("cls", df, [], {})], {}, {"cls": convergence_table(df, histories, "top1")})
+    assert ("Convergence (|last − next-to-last epoch| < 1 point on every seed, on all of val): 5 of 6 "
+            "methods; spread (sd over seeds ≤ 3 points): 6 of 6.") in md
+    assert "| SR4IR | 1.0 | **not met** | 1.0 | met |" in md
+
+
+def test_one_seed_or_one_epoch_leaves_spread_or_plateau_unjudged():
+    from src.report import convergence_table
+
+    df = study_table("cls", _metrics("top1", (0,)), "top1")
+    one_epoch = {m: [[{"epoch": 1, "val/top1": 40.0}]] for m in SEEDS}
+    table = convergence_table(df, one_epoch, "top1")
+    assert table["sd"].isna().all() and table["change"].isna().all()
+    assert all(v is None for v in table["plateau"]) and all(v is None for v in table["stable"])
+    md = render_markdown(Params(), [("cls", df, [], {})], {}, {"cls": table})
+    assert "0 of 6 methods; spread (sd over seeds ≤ 3 points): 0 of 6." in md and "| H2T | — | — | — | — |" in md
