@@ -96,7 +96,7 @@ def test_repro_writes_every_method_of_every_task_and_the_report(project):
     assert [line for line in report.splitlines() if line.startswith("# ")] == ["# SR4IR study report"]
     assert [line for line in report.splitlines() if line.startswith("## Task")] == [f"## Task: {t}" for t in TASKS]
     for label in ("H2T", "L2T", "S→T", "T→S", "S+T", "SR4IR"):
-        assert report.count(f"| {label} |") == len(TASKS)  # one table per task
+        assert report.count(f"| {label} |") == 2 * len(TASKS)  # per task: the results and the convergence table
     csv_lines = (project / "reports/results.csv").read_text().splitlines()
     assert len(csv_lines) == 1 + len(TASKS) * len(METHODS) * len(SEEDS)  # one row per task, method and seed
     for fig in re.findall(r"!\[[^]]*\]\(([^)]+)\)", report):  # every figure the report references exists
@@ -106,7 +106,8 @@ def test_repro_writes_every_method_of_every_task_and_the_report(project):
     html = (project / "reports/report.html").read_text()
     assert html.count("<img") == 2 * len(TASKS) and "src=\"figures/" not in html  # self-contained: data URIs only
     for label in ("H2T", "L2T", "S→T", "T→S", "S+T", "SR4IR"):
-        assert html.count(f"<td>{label}</td>") == len(TASKS)
+        assert html.count(f"<td>{label}</td>") == 2 * len(TASKS)
+    assert report.count("- Convergence (|last − next-to-last epoch| < 1 point on every seed") == len(TASKS)
 
 
 @pytest.mark.slow
