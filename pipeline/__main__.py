@@ -9,7 +9,7 @@ import sys
 
 from pipeline.warm import run_stage
 
-STAGES = ("download", "degrade", "pretrain_sr", "train", "evaluate", "report", "track")
+STAGES = ("code", "download", "degrade", "pretrain_sr", "train", "evaluate", "report", "track")
 
 
 def main(argv: list[str]) -> int:

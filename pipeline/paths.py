@@ -11,6 +11,8 @@ RAW = Path("data/raw")
 LR = Path("data/lr")
 # What the stages after degrade depend on in place of RAW and LR (src/data/manifest.py says why).
 MANIFEST = Path("data/manifest.json")
+# data/code/<stage>.json: the md5 of every module on a stage's import path, its code dep (src/codedeps.py says why).
+CODE = Path("data/code")
 REPORTS = Path("reports")
 # Training checkpoints: not DVC outputs (DVC deletes outputs before a stage runs), so they survive a crash;
 # a stage deletes its own once its outputs are written.
@@ -57,7 +59,7 @@ def eval_scores(task: str, method: str, seed: int) -> Path:
 
 def stage_outputs(tasks: list[str], methods: tuple[str, ...], seeds: Iterable[int]) -> dict[str, list[Path]]:
     """MLflow run name of each stage -> the outputs that identify the run which produced them."""
-    outs: dict[str, list[Path]] = {"download": [RAW], "degrade": [LR]}
+    outs: dict[str, list[Path]] = {"code": [CODE], "download": [RAW], "degrade": [LR]}
     for seed in seeds:
         outs[f"pretrain_sr/{seed_dir(seed)}"] = [sr_pretrained(seed)]
         for task in tasks:

@@ -1,7 +1,7 @@
 """The errors a user can cause or fix, each printed by the stages as one line (``pipeline/_stage.py``).
 
 They live here, apart from the code that raises them, so that catching one does not put that code on a
-stage's import path (``tests/test_dvc_deps.py``).
+stage's import path (``src/codedeps.py``).
 """
 
 

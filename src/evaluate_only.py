@@ -78,7 +78,7 @@ def evaluate_checkpoints(params: Params, task_name: str, sr_path: Path, rec_path
         raise DataError(f"{lr / 'val'}: LR images are x{hr.shape[-1] // lr_img.shape[-1]} of {raw / 'val'}, but "
                         f"degrade.scale is {params.degrade.scale} (re-run the degrade stage, or set degrade.scale)")
     loader = make_loader(val_ds, params.eval.batch_size, False, params.data.num_workers)
-    metrics, lpips_reason, _ = score_val_split(params, setup, val_ds, loader, device)
+    metrics, _, lpips_reason, _ = score_val_split(params, setup, val_ds, loader, device)
     record: dict[str, Any] = {
         "task": task_name,
         "sr_checkpoint": str(sr_path),

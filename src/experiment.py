@@ -176,7 +176,7 @@ def evaluate_method(params: Params, task_name: str, method_name: str, raw_dir: P
     load_state(setup.rec, model_dir / "rec.pt", "recogniser")
     val_ds = split_dataset(params, raw_dir, lr_dir, "val", task)
     loader = make_loader(val_ds, params.eval.batch_size, False, params.data.num_workers)
-    metrics, scores, lpips_reason, seconds = score_val_split_per_image(params, setup, val_ds, loader, device)
+    metrics, scores, lpips_reason, seconds = score_val_split(params, setup, val_ds, loader, device)
     if lpips_reason is not None:
         metrics["lpips_unavailable"] = lpips_reason
     metrics["n_val"] = len(val_ds)  # no wall time here: it would make `dvc metrics diff` noisy (MLflow has it)
@@ -186,19 +186,12 @@ def evaluate_method(params: Params, task_name: str, method_name: str, raw_dir: P
     return EvalResult(metrics, samples, seconds, {"val": val_ds.skipped}, scores)
 
 
-def score_val_split(params: Params, setup: Setup, val_ds: PairedDataset, loader: DataLoader,
-                    device: torch.device) -> tuple[dict[str, float], str | None, float]:
+def score_val_split(params: Params, setup: Setup, val_ds: PairedDataset, loader: DataLoader, device: torch.device
+                    ) -> tuple[dict[str, float], dict[str, np.ndarray], str | None, float]:
     """Task metric (when the setup has a recogniser), PSNR and LPIPS of the setup's view on the val split, with
-    the crop of ``eval.psnr_crop_border``; returns the metrics, why LPIPS is missing (or None) and the seconds
-    the loop took. LPIPS follows ``eval.lpips`` and is never computed for H2T, which sees HR."""
-    metrics, _, lpips_reason, seconds = score_val_split_per_image(params, setup, val_ds, loader, device)
-    return metrics, lpips_reason, seconds
-
-
-def score_val_split_per_image(params: Params, setup: Setup, val_ds: PairedDataset, loader: DataLoader, device: torch.device
-                              ) -> tuple[dict[str, float], dict[str, np.ndarray], str | None, float]:
-    """``score_val_split`` with, from the same pass, the task metric's per-image scores (``Metric.per_image``,
-    {} without a recogniser): metrics, scores, why LPIPS is missing (or None), seconds."""
+    the crop of ``eval.psnr_crop_border``, and from the same pass the task metric's per-image scores
+    (``Metric.per_image``, {} without a recogniser). Returns metrics, scores, why LPIPS is missing (or None)
+    and the seconds the loop took. LPIPS follows ``eval.lpips`` and is never computed for H2T, which sees HR."""
     lpips_net, lpips_reason = None, None
     if setup.method.view != "hr":
         sizes = [(val_ds.view.crop,) * 2] if val_ds.view.crop else val_ds.sizes

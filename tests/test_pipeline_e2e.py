@@ -131,8 +131,8 @@ def test_every_seed_is_its_own_draw_with_its_own_outputs_and_runs(project):
     _, runs = _runs(project)
     first = next(r for r in runs if r.data.tags.get("sr4ir.pipeline_key") == FIRST_KEY)
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == first.info.run_id]
-    per_seed = [r for r in children if r.info.run_name not in ("download", "degrade", "report")]
-    assert len(per_seed) == len(STAGE_RUNS) - 3
+    per_seed = [r for r in children if r.info.run_name not in SHARED_RUNS]
+    assert len(per_seed) == len(STAGE_RUNS) - len(SHARED_RUNS)
     for run in per_seed:
         seed = run.info.run_name.rpartition("/seed")[2]
         assert run.data.tags["seed"] == seed and run.data.params["seed"] == seed, run.info.run_name
@@ -197,7 +197,8 @@ def _runs(project: Path):
     return client, client.search_runs([exp.experiment_id], max_results=1000)
 
 
-STAGE_RUNS = {"download", "degrade", "report", *(f"pretrain_sr/seed{seed}" for seed in SEEDS),
+SHARED_RUNS = {"code", "download", "degrade", "report"}  # the stages every seed shares
+STAGE_RUNS = {*SHARED_RUNS, *(f"pretrain_sr/seed{seed}" for seed in SEEDS),
               *(f"{s}/{t}/{m}/seed{seed}" for s in ("train", "evaluate") for t in TASKS for m in METHODS for seed in SEEDS)}
 
 
@@ -339,16 +340,22 @@ def test_degrade_rewriting_the_same_images_leaves_every_later_stage_cached(proje
     assert _dvc("status", cwd=project) == status and "degrade" not in status
 
 
-def _stages_stale_through(project: Path, rel: str) -> set[str]:
-    """The stages `dvc status` finds stale because of a changed dep at ``rel`` (a file, or a folder holding it)."""
+def _changed_deps(project: Path) -> dict[str, set[str]]:
+    """`dvc status`: stage -> the deps it finds changed (a folder dep is named, not the file in it)."""
     status = json.loads(_run([sys.executable, "-m", "dvc", "status", "--json"], project).strip().splitlines()[-1] or "{}")
-    stale = set()
-    for stage, changes in status.items():
-        for change in changes if isinstance(changes, list) else []:
-            deps = change.get("changed deps", {}) if isinstance(change, dict) else {}
-            if any(rel == d or rel.startswith(d.rstrip("/") + "/") for d in deps):
-                stale.add(stage)
-    return stale
+    return {stage: {d for change in changes if isinstance(change, dict) for d in change.get("changed deps", {})}
+            for stage, changes in status.items() if isinstance(changes, list)}
+
+
+def _stages_stale_through(project: Path, rel: str) -> set[str]:
+    """The stages an edit at ``rel`` makes stale: `dvc status` names ``rel`` (or its folder) under the code stage
+    alone; once the code stage has rewritten the fingerprints (`dvc repro -s code`, untracked), the stages whose
+    ``data/code/*.json`` changed."""
+    before = _changed_deps(project)
+    through = {stage for stage, deps in before.items() if any(rel == d or rel.startswith(d.rstrip("/") + "/") for d in deps)}
+    assert through <= {"code"}, through
+    _run([sys.executable, "-m", "dvc", "repro", "-s", "code"], project, SR4IR_TRACKING="0")
+    return {stage for stage, deps in _changed_deps(project).items() if any(d.startswith("data/code/") for d in deps)}
 
 
 # One function edited in each module (the edit itself does not matter to DVC: any byte does), and the stages whose
@@ -360,7 +367,7 @@ def seed_stages(seed: int) -> set[str]:
             *(f"train_t2s@{t}-{seed}" for t in TASKS), *(f"evaluate@{t}-{m}-{seed}" for t in TASKS for m in METHODS)}
 
 
-ALL_STAGES = {"download", "degrade", "report", *(stage for seed in SEEDS for stage in seed_stages(seed))}
+ALL_STAGES = {"download", "degrade", "report", *(stage for seed in SEEDS for stage in seed_stages(seed))}  # but code
 EDITS = [
     # seeding decides every stage's randomness, atomic writes every output
     ("src/utils.py", '    """Seed Python, NumPy and torch; return a torch generator for data order."""\n',

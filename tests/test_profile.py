@@ -92,9 +92,12 @@ def test_dvc_repro_dry_plans_the_profiles_study(tmp_path):
         (dest / d).mkdir(parents=True, exist_ok=True)
     (dest / f"models/seed{seed}/sr_pretrained.pt").write_bytes(b"")
     (dest / "data/manifest.json").write_text("{}\n")
+    for script in ("download", "degrade", "pretrain_sr", "train", "evaluate", "report"):
+        (dest / "data/code").mkdir(exist_ok=True)
+        (dest / f"data/code/{script}.json").write_text("{}\n")
     plan = _dvc("repro", "--dry", cwd=dest)
     stages = set(__import__("re").findall(r"Running stage '([^']+)'", plan))
-    assert {"download", "degrade", f"pretrain_sr@{seed}", "report"} <= stages
+    assert {"code", "download", "degrade", f"pretrain_sr@{seed}", "report"} <= stages
     assert {f"evaluate@det-{m}-{seed}" for m in ("h2t", "l2t", "s2t", "t2s", "joint", "sr4ir")} <= stages
     assert not any("cls" in s or "seg" in s for s in stages)  # only the profile's task
     assert not any(s.startswith("pretrain_sr@") and s != f"pretrain_sr@{seed}" for s in stages)  # only its seed
