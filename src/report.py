@@ -396,13 +396,18 @@ PLATEAU = 1.0
 SPREAD = {"top1": 3.0, "miou": 3.0, "map": 2.0}
 
 
+def spread_limit(primary: str) -> float:
+    """The largest between-seed sd (points) of a stable method on the task metric ``primary``."""
+    return SPREAD.get(primary, 3.0)
+
+
 def convergence_table(df: pd.DataFrame, histories: Mapping[str, Sequence[Sequence[Mapping[str, Any]]]],
                       primary: str) -> pd.DataFrame:
     """Per method (the paper's order): ``sd`` (of the task metric over seeds; NaN with one seed), ``change``
     (the largest |last − next-to-last epoch| of the monitored val metric over the seeds; NaN with one epoch),
     and ``plateau`` / ``stable`` (whether they meet PLATEAU and SPREAD; None where they cannot be judged).
     ``histories``: method -> each seed's epoch records, as the train stages write them."""
-    key, limit = f"val/{primary}", SPREAD.get(primary, 3.0)
+    key, limit = f"val/{primary}", spread_limit(primary)
     rows = []
     for m in TABLE_METHODS:
         runs = df[df["method"] == m]
@@ -419,7 +424,7 @@ def convergence_table(df: pd.DataFrame, histories: Mapping[str, Sequence[Sequenc
 
 def convergence_lines(table: pd.DataFrame, primary: str, monitor_fraction: float) -> tuple[str, list[str], list[list[str]]]:
     """The convergence table's summary line, header and cells."""
-    limit = SPREAD.get(primary, 3.0)
+    limit = spread_limit(primary)
 
     def judged(ok: Any) -> bool:  # pandas may hand None back as NaN
         return ok is not None and ok == ok

@@ -33,7 +33,7 @@ def _stages() -> dict[str, tuple[str, list[str], list[str]]]:
                 for s in repo.index.stages}
 
 
-def _script(cmd: str) -> str:
+def stage_script(cmd: str) -> str:
     """The stage script a command runs: ``python -m pipeline <stage> ...`` or ``python -m pipeline.<stage> ...``."""
     m = re.match(r"python\s+-m\s+pipeline(?:\s+(\w+)|\.(\w+))", cmd)
     assert m, f"unrecognised stage command {cmd!r}"
@@ -58,10 +58,10 @@ def test_the_stages_are_read_through_dvc_with_matrix_and_foreach_expanded():
 def test_every_stage_depends_on_the_fingerprint_of_its_own_script_and_on_no_module(stage):
     cmd, deps, _ = _stages()[stage]
     modules = [d for d in deps if _is_code(d)]
-    assert not modules, (f"{stage}: lists modules as deps {modules}; its code dep is data/code/{_script(cmd)}.json, "
+    assert not modules, (f"{stage}: lists modules as deps {modules}; its code dep is data/code/{stage_script(cmd)}.json, "
                          "which the code stage writes from its import path")
     fingerprints = [d for d in deps if d.startswith("data/code/")]
-    assert fingerprints == [f"data/code/{_script(cmd)}.json"], f"{stage}: code deps {fingerprints}"
+    assert fingerprints == [f"data/code/{stage_script(cmd)}.json"], f"{stage}: code deps {fingerprints}"
 
 
 def test_the_code_stage_writes_exactly_the_fingerprints_the_stages_depend_on_from_the_whole_source():

@@ -10,6 +10,7 @@ import yaml
 
 from src.codedeps import stage_code
 from src.data.manifest import write_manifest
+from tests.test_dvc_deps import stage_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -83,7 +84,7 @@ def test_every_stage_that_reads_the_images_depends_on_the_manifest_not_the_folde
     produced = {name: [next(iter(o)) if isinstance(o, dict) else o for o in s.get("outs", [])]
                 for name, s in stages.items()}
     assert produced["download"] == ["data/raw"] and produced["degrade"] == ["data/lr", "data/manifest.json"]
-    scripts = {name: (s.get("cmd") or s["do"]["cmd"]).split()[3] for name, s in stages.items()}  # python -m pipeline <script>
+    scripts = {name: stage_script(s.get("cmd") or s["do"]["cmd"]) for name, s in stages.items()}
     readers = {name for name, script in scripts.items() if name != "code"
                and "src/data/dataset.py" in stage_code(ROOT, script)}  # the loader: on the stage's import path
     assert readers == {"pretrain_sr", "train", "train_from_sr", "train_t2s", "evaluate"}
