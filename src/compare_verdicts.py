@@ -4,7 +4,10 @@ Across machines the digits of a seeded CPU run differ (float-level differences f
 so the check of a reproduction is statistical: every ordering the report judges (the paper's pairwise orderings
 and the headline claim) should get a verdict on the second run that does not contradict the first one's. A
 ``holds`` that becomes ``not resolved`` is noise and allowed; a ``holds`` that becomes ``reversed`` (or the
-reverse) is a contradiction, and this command exits with status 1.
+reverse) is a contradiction, and this command exits with status 1. It also lists the (task, method) means
+that moved beyond noise between the runs (Welch's 95 % interval of the difference excludes 0): expected to be
+rare across CPUs; many of them point at something other than float rounding (other params, data or library
+versions). They are reported, and do not change the exit status.
 
     python -m src.compare_verdicts other_machine/reports/results.csv reports/results.csv
 """
@@ -19,6 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from src.report import ordering_check
+from src.stats import HOLDS, REVERSED, Interval, mean_interval, verdict, welch_difference
 
 OPPOSITE = {"holds": "reversed", "reversed": "holds"}
 
@@ -43,10 +47,37 @@ def read_results(path: Path) -> pd.DataFrame:
         df = pd.read_csv(path)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         raise ValueError(f"{path}: not a CSV file ({err})") from None
-    missing = {"task", "method", "seed", "metric"} - set(df.columns)
+    missing = {"task", "method", "seed", "metric", "value"} - set(df.columns)
     if missing:
         raise ValueError(f"{path}: missing column(s) {', '.join(sorted(missing))}; expected a run's reports/results.csv")
     return df
+
+
+@dataclass(frozen=True)
+class Shift:
+    """One (task, method)'s mean over seeds in both runs, and the Welch interval of second − first."""
+    task: str
+    label: str
+    first: Interval
+    second: Interval
+    diff: Interval
+
+    @property
+    def beyond_noise(self) -> bool:
+        return verdict(self.diff) in (HOLDS, REVERSED)
+
+
+def shifts(first: pd.DataFrame, second: pd.DataFrame) -> list[Shift]:
+    """Every (task, method) both runs trained, in the first run's order."""
+    out = []
+    for (task, method), a in first.groupby(["task", "method"], sort=False):
+        b = second[(second["task"] == task) & (second["method"] == method)]
+        if b.empty:
+            continue
+        va, vb = a.sort_values("seed")["value"].tolist(), b.sort_values("seed")["value"].tolist()
+        label = str(a["label"].iloc[0]) if "label" in a else str(method)
+        out.append(Shift(str(task), label, mean_interval(va), mean_interval(vb), welch_difference(vb, va)))
+    return out
 
 
 def verdicts(df: pd.DataFrame) -> dict[tuple[str, str], str]:
@@ -76,10 +107,17 @@ def main(argv: list[str] | None = None) -> None:
                         help="the other run's (default: reports/results.csv)")
     args = parser.parse_args(argv)
     try:
-        changes, n = compare(read_results(args.first), read_results(args.second))
+        first, second = read_results(args.first), read_results(args.second)
+        changes, n = compare(first, second)
+        means = shifts(first, second)
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    moved = [m for m in means if m.beyond_noise]
+    for m in moved:
+        print(f"{m.task}: {m.label} mean {m.first.mean:.2f} -> {m.second.mean:.2f}: {m.diff.mean:+.2f} "
+              f"[{m.diff.low:+.2f}, {m.diff.high:+.2f}] (Welch 95 %), beyond noise")
+    print(f"{len(means)} means: {len(means) - len(moved)} within noise, {len(moved)} moved beyond it")
     contradictions = [c for c in changes if c.contradicts]
     for c in changes:
         mark = "  CONTRADICTS" if c.contradicts else ""

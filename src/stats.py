@@ -36,7 +36,7 @@ class Interval:
         return self.mean + self.half_width
 
 
-def t_quantile(level: float, df: int) -> float:
+def t_quantile(level: float, df: float) -> float:
     """The two-sided Student-t critical value: P(|T_df| <= q) = level."""
     from scipy.stats import t
 
@@ -60,6 +60,22 @@ def paired_difference(a: Sequence[float], b: Sequence[float], level: float = 0.9
     if len(a) != len(b):
         raise ValueError(f"paired values need one each per seed: {len(a)} vs {len(b)}")
     return mean_interval([x - y for x, y in zip(a, b)], level)
+
+
+def welch_difference(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> Interval:
+    """The interval of ``mean(a) - mean(b)`` for two independent samples (Welch: unequal variances, the
+    Welch-Satterthwaite degrees of freedom), e.g. one method's seeds trained on two machines. ``n`` is
+    ``len(a) + len(b)``; ``sd`` is the standard error of the difference. Either sample under two values: no
+    interval (nan); both without spread: a zero-width interval."""
+    ia, ib = mean_interval(a, level), mean_interval(b, level)
+    if ia.n < 2 or ib.n < 2:
+        return Interval(ia.mean - ib.mean, math.nan, ia.n + ib.n, math.nan)
+    va, vb = ia.sd ** 2 / ia.n, ib.sd ** 2 / ib.n
+    se = math.sqrt(va + vb)
+    if se == 0.0:
+        return Interval(ia.mean - ib.mean, 0.0, ia.n + ib.n, 0.0)
+    df = (va + vb) ** 2 / (va ** 2 / (ia.n - 1) + vb ** 2 / (ib.n - 1))
+    return Interval(ia.mean - ib.mean, t_quantile(level, df) * se, ia.n + ib.n, se)
 
 
 def verdict(diff: Interval) -> str:

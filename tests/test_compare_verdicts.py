@@ -50,9 +50,19 @@ def test_a_reversed_ordering_is_a_contradiction_and_exits_1(tmp_path, capsys):
     assert "cls: sr4ir > l2t: holds -> reversed  CONTRADICTS" in out and "1 contradicted" in out
 
 
+def test_a_mean_that_moved_beyond_noise_is_listed_but_does_not_fail(tmp_path, capsys):
+    first = _results(tmp_path / "a.csv", BASE)
+    second = _results(tmp_path / "b.csv", dict(BASE, sr4ir=[80.0, 81.0, 79.0]))  # 10 lower, same orderings
+    with pytest.raises(SystemExit) as ex:
+        main([str(first), str(second)])
+    out = capsys.readouterr().out
+    assert ex.value.code == 0 and "3 comparisons: 3 same verdict" in out
+    assert "cls: SR4IR mean 90.00 -> 80.00: -10.00" in out and "3 means: 2 within noise, 1 moved beyond it" in out
+
+
 @pytest.mark.parametrize("content, says", [
     (None, "no such file"),
-    ("task,method\ncls,h2t\n", "missing column(s) metric, seed"),
+    ("task,method\ncls,h2t\n", "missing column(s) metric, seed, value"),
     ("", "not a CSV file"),
 ])
 def test_a_missing_or_malformed_file_is_one_line_and_exit_2(tmp_path, capsys, content, says):

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from src.stats import HOLDS, NOT_RESOLVED, REVERSED, mean_interval, paired_difference, t_quantile, verdict
+from src.stats import HOLDS, NOT_RESOLVED, REVERSED, mean_interval, paired_difference, t_quantile, verdict, welch_difference
 
 T_975_2 = 4.302652729749464  # Student t, 97.5 % quantile, 2 degrees of freedom (tables: 4.303)
 
@@ -32,3 +32,16 @@ def test_paired_differences_and_each_verdict():
         paired_difference([1.0, 2.0], [1.0])
     with pytest.raises(ValueError, match="no values"):
         mean_interval([])
+
+
+def test_welch_interval_of_two_machines_means():
+    # means 6 and 2, variances 4 and 1 over 3 seeds each: se^2 = 4/3 + 1/3, df = (5/3)^2 / ((4/3)^2/2 + (1/3)^2/2) = 50/17
+    d = welch_difference([4.0, 6.0, 8.0], [1.0, 2.0, 3.0])
+    assert d.mean == 4.0 and d.n == 6 and d.sd == pytest.approx(math.sqrt(5 / 3))
+    assert d.half_width == pytest.approx(3.2187586 * math.sqrt(5 / 3), rel=1e-6)  # t(0.975, 2.94) = 3.219: [-0.16, 8.16]
+    assert verdict(d) == NOT_RESOLVED
+    assert verdict(welch_difference([14.0, 16.0, 18.0], [1.0, 2.0, 3.0])) == HOLDS
+    assert verdict(welch_difference([1.0, 2.0, 3.0], [14.0, 16.0, 18.0])) == REVERSED
+    flat = welch_difference([100.0, 100.0], [100.0, 100.0, 100.0])  # both without spread: exact, zero width
+    assert (flat.mean, flat.half_width) == (0.0, 0.0) and verdict(flat) == NOT_RESOLVED
+    assert math.isnan(welch_difference([1.0], [1.0, 2.0]).half_width)  # one seed: no interval
