@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from src.report import ordering_check
+from src.report import ordering_check, per_seed
 from src.stats import HOLDS, REVERSED, Interval, mean_interval, verdict, welch_difference
 
 OPPOSITE = {"holds": "reversed", "reversed": "holds"}
@@ -58,8 +58,8 @@ class Shift:
     """One (task, method)'s mean over seeds in both runs, and the Welch interval of second − first."""
     task: str
     label: str
-    first: Interval
-    second: Interval
+    first_mean: float
+    second_mean: float
     diff: Interval
 
     @property
@@ -71,12 +71,12 @@ def shifts(first: pd.DataFrame, second: pd.DataFrame) -> list[Shift]:
     """Every (task, method) both runs trained, in the first run's order."""
     out = []
     for (task, method), a in first.groupby(["task", "method"], sort=False):
-        b = second[(second["task"] == task) & (second["method"] == method)]
-        if b.empty:
+        vb = list(per_seed(second[second["task"] == task], str(method), "value").values())
+        if not vb:
             continue
-        va, vb = a.sort_values("seed")["value"].tolist(), b.sort_values("seed")["value"].tolist()
+        va = list(per_seed(a, str(method), "value").values())
         label = str(a["label"].iloc[0]) if "label" in a else str(method)
-        out.append(Shift(str(task), label, mean_interval(va), mean_interval(vb), welch_difference(vb, va)))
+        out.append(Shift(str(task), label, mean_interval(va).mean, mean_interval(vb).mean, welch_difference(vb, va)))
     return out
 
 
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     moved = [m for m in means if m.beyond_noise]
     for m in moved:
-        print(f"{m.task}: {m.label} mean {m.first.mean:.2f} -> {m.second.mean:.2f}: {m.diff.mean:+.2f} "
+        print(f"{m.task}: {m.label} mean {m.first_mean:.2f} -> {m.second_mean:.2f}: {m.diff.mean:+.2f} "
               f"[{m.diff.low:+.2f}, {m.diff.high:+.2f}] (Welch 95 %), beyond noise")
     print(f"{len(means)} means: {len(means) - len(moved)} within noise, {len(moved)} moved beyond it")
     contradictions = [c for c in changes if c.contradicts]

@@ -46,14 +46,10 @@ def _run(args: list[str], cwd: Path, timeout: float = 600, check: bool = True, *
     return out
 
 
-def _dvc(*args: str, cwd: Path, **kw) -> str:
-    out = _run([sys.executable, "-m", "dvc", *args], cwd, **kw)
-    return out.stdout + out.stderr
-
-
-def _warm_dvc(*args: str, cwd: Path, **kw) -> str:
-    """`dvc <args>` with the stages forked from the warm server, as `make repro` runs them."""
-    out = _run([sys.executable, "-m", "pipeline.warm", sys.executable, "-m", "dvc", *args], cwd, **kw)
+def _dvc(*args: str, cwd: Path, warm: bool = False, **kw) -> str:
+    """`dvc <args>`; ``warm``: with the stages forked from the warm server, as `make repro` runs them."""
+    launcher = [sys.executable, "-m", "pipeline.warm"] if warm else []
+    out = _run([*launcher, sys.executable, "-m", "dvc", *args], cwd, **kw)
     return out.stdout + out.stderr
 
 
@@ -118,7 +114,7 @@ def test_a_repro_against_a_real_mlflow_server_logs_what_the_local_store_logs_and
     try:
         started = time.perf_counter() - t0
         # The same stages again, forced, now logging to the server (weights and metrics are bit-identical reruns).
-        out = _warm_dvc("repro", "-f", "-s", *SERVER_STAGES, cwd=lab, MLFLOW_TRACKING_URI=server.uri, SR4IR_PIPELINE_RUN="server")
+        out = _dvc("repro", "-f", "-s", *SERVER_STAGES, cwd=lab, warm=True, MLFLOW_TRACKING_URI=server.uri, SR4IR_PIPELINE_RUN="server")
         assert "MLflow tracking disabled" not in out
         remote, local = _client(server.uri), _client(f"sqlite:///{lab / 'mlflow.db'}")
         parent, got = _children(remote, "server")

@@ -49,15 +49,12 @@ def _run(args: list[str], cwd: Path, **extra: str) -> str:
     return out.stdout + out.stderr
 
 
-def _dvc(*args: str, cwd: Path, **extra: str) -> str:
-    return _run([sys.executable, "-m", "dvc", *args], cwd, **extra)
-
-
-def _warm_dvc(*args: str, cwd: Path, **extra: str) -> str:
-    """`dvc <args>` as `make repro` runs it: every stage forked from the warm server (pipeline/warm.py), which
-    saves the ~4-8 s of imports a stage started afresh spends (test_a_stage_started_afresh... checks both ways
-    write the same weights)."""
-    return _run([sys.executable, "-m", "pipeline.warm", sys.executable, "-m", "dvc", *args], cwd, **extra)
+def _dvc(*args: str, cwd: Path, warm: bool = False, **extra: str) -> str:
+    """`dvc <args>`; ``warm``: as `make repro` runs it, every stage forked from the warm server (pipeline/warm.py),
+    which saves the ~4-8 s of imports a stage started afresh spends (test_a_stage_started_afresh... checks both
+    ways write the same weights)."""
+    launcher = [sys.executable, "-m", "pipeline.warm"] if warm else []
+    return _run([*launcher, sys.executable, "-m", "dvc", *args], cwd, **extra)
 
 
 def build_tiny_study(dest: Path) -> Path:
@@ -79,7 +76,7 @@ def build_tiny_study(dest: Path) -> Path:
         (dest / f).unlink(missing_ok=True)
     _run(["git", "init", "-q"], dest)
     # As `make repro`: stages forked from the warm server, one key for the pipeline run.
-    _warm_dvc("repro", cwd=dest, SR4IR_PIPELINE_RUN=FIRST_KEY)
+    _dvc("repro", cwd=dest, warm=True, SR4IR_PIPELINE_RUN=FIRST_KEY)
     return dest
 
 
@@ -289,7 +286,7 @@ def test_changing_the_tdp_weight_reruns_only_sr4ir_its_evaluation_and_the_report
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["train"]["sr4ir"]["tdp_weight"] = 0.5
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    out = _warm_dvc("repro", cwd=project, SR4IR_PIPELINE_RUN="tdp-weight")  # as make repro: one key, forked stages
+    out = _dvc("repro", cwd=project, warm=True, SR4IR_PIPELINE_RUN="tdp-weight")  # as make repro: one key, forked stages
     ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
     # SR4IR of every task and seed and its evaluation re-run, then the report; nothing else may run.
     sr4ir = {f"{stage}@{task}-sr4ir-{seed}" for stage in ("train_from_sr", "evaluate") for task in TASKS for seed in SEEDS}

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from src import profile
-from tests.test_pipeline_e2e import SKIP, _dvc, _run, _warm_dvc
+from tests.test_pipeline_e2e import SKIP, _dvc, _run
 from tests.test_sources import _voc_files, _write
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,7 +47,7 @@ def test_voc_profile_runs_through_dvc_repro(tmp_path, profile_name):
                          SHRINK[profile_name])
     (dest / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     _run(["git", "init", "-q"], dest)
-    _warm_dvc("repro", cwd=dest)  # as make repro: stages forked from the warm server
+    _dvc("repro", cwd=dest, warm=True)  # as make repro: stages forked from the warm server
 
     task, metric = METRIC[profile_name]
     (seed,) = raw["seeds"]  # the profile's one seed
