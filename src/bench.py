@@ -82,7 +82,7 @@ def bench_params(task: str, size: str) -> Params:
 def shape_for(task: str, size: str, params: Params, device: torch.device) -> tuple[int, int]:
     if size == "paper":
         return PAPER_SHAPES["cuda" if device.type == "cuda" else "cpu"][task]
-    return params.data.synthetic.image_size, params.train.batch_size
+    return params.data.synthetic.image_size, params.train_batch(task)[0]
 
 
 def synthetic_batch(task: str, hr_size: int, batch: int, scale: int, num_classes: int, seed: int = 0) -> Batch:

@@ -212,7 +212,15 @@ def _check_layers(layers: dict[str, float], allowed: tuple[str, ...]) -> None:
         raise ValueError(f"tdp_layers {unknown} unknown; choose from {list(allowed)}")
 
 
-class ClsConfig(Strict):
+class TaskConfig(Strict):
+    """What every task's section has: its own training batch, when it needs one other than train.batch_size."""
+
+    # The global training batch of this task's train* stages; 0: train.batch_size. A detector from scratch
+    # learns per optimiser step more than per image: det at 8 sees the same images in 4x the steps (docs/choices.md).
+    batch_size: NonNegInt = 0
+
+
+class ClsConfig(TaskConfig):
     """Image classification: a torchvision ResNet classifier."""
 
     arch: Literal["resnet18", "resnet34", "resnet50"] = "resnet18"
@@ -229,7 +237,7 @@ class ClsConfig(Strict):
         return self
 
 
-class SegConfig(Strict):
+class SegConfig(TaskConfig):
     """Semantic segmentation: a torchvision segmenter over a dilated MobileNetV3-Large backbone.
 
     The default, LR-ASPP, is the CPU-sized one; the paper's network is DeepLabV3 with its auxiliary head
@@ -253,7 +261,7 @@ class SegConfig(Strict):
         return self
 
 
-class DetConfig(Strict):
+class DetConfig(TaskConfig):
     """Object detection: torchvision Faster R-CNN over a MobileNetV3-Large FPN backbone.
 
     The defaults size the network for a CPU and 64-px images; the paper's detector is
@@ -263,6 +271,7 @@ class DetConfig(Strict):
     """
 
     arch: Literal["fasterrcnn_mobilenet_v3_large_fpn"] = "fasterrcnn_mobilenet_v3_large_fpn"
+    batch_size: NonNegInt = 8  # 4x the optimiser steps of train.batch_size 32 over the same images (docs/choices.md)
     pretrained_backbone: bool = False  # ImageNet backbone (needs a download; never required)
     bn_momentum: Annotated[float, Field(gt=0.0, le=1.0)] = 0.1  # torchvision's MobileNetV3 uses 0.01 (see set_bn_momentum)
     fpn_stages: list[Annotated[int, Field(ge=1, le=16)]] = [4, 7]  # MobileNetV3 ``features`` indices feeding the FPN
@@ -274,7 +283,7 @@ class DetConfig(Strict):
     box_batch_size_per_image: PosInt = 32  # sampled proposals per image for the box head's loss
     roi_sampling_ratio: PosInt = 1  # RoIAlign samples per bin side (the paper: 2; 1 halves the CPU step here)
     min_size: NonNegInt = 0  # 0: no internal resize (the detector sees the SR output at its own size)
-    optim: OptimConfig = OptimConfig(name="adamw", lr=3.0e-3, momentum=0.0, weight_decay=1.0e-4, eta_min=1.0e-6)
+    optim: OptimConfig = OptimConfig(name="adamw", lr=1.0e-3, momentum=0.0, weight_decay=1.0e-4, eta_min=1.0e-6)
     loss_weights: dict[str, NonNegFloat] = {"loss_classifier": 1.0, "loss_box_reg": 1.0, "loss_objectness": 1.0, "loss_rpn_box_reg": 1.0}
     tdp_layers: dict[str, NonNegFloat] = {"0": 0.5, "1": 0.5}  # FPN levels (the paper: '0' and '1', 0.5 each)
     cqmix_grid: PosInt = 8
@@ -482,6 +491,11 @@ class Params(Strict):
                 data = {**data, "seed": seeds[0]}
         return data
 
+    def train_batch(self, task: str) -> tuple[int, str]:
+        """The global training batch of ``task``'s train* stages and the key it comes from (for errors)."""
+        own = getattr(self, task).batch_size
+        return (own, f"{task}.batch_size") if own else (self.train.batch_size, "train.batch_size")
+
     def with_seed(self, seed: int) -> "Params":
         """These params for one of ``seeds`` (a stage's --seed)."""
         if seed not in self.seeds:
@@ -527,6 +541,11 @@ class Params(Strict):
         if self.train.linear_warmup and 0 < self.train.sr4ir.warmup_epochs < 2:
             raise ValueError(f"train.linear_warmup: epoch 1 is the linear ramp, so sr4ir.warmup_epochs "
                              f"({self.train.sr4ir.warmup_epochs}) must be 0 or at least 2 (the paper's det: 3)")
+        for task in self.tasks:
+            batch, key = self.train_batch(task)
+            if batch % self.train.world:
+                raise ValueError(f"{key} ({batch}) must be divisible by {self.train.world_key} ({self.train.world}): "
+                                 "each process takes batch_size / nproc samples of every batch")
         if self.pretrain_sr.batch_size % self.train.world:
             raise ValueError(f"pretrain_sr.batch_size ({self.pretrain_sr.batch_size}) must be divisible by {self.train.world_key} "
                              f"({self.train.world}): each process takes batch_size / nproc samples of every batch")

@@ -128,7 +128,9 @@ def train_method(
     seed_everything(params.seed)
     task = build_task(task_name, params, raw_dir)
     val_fraction = params.train.monitor_fraction if monitor_fraction is None else monitor_fraction
-    train_loader, val_loader, skipped = _loaders(params, task, raw_dir, lr_dir, params.train.batch_size, train_fraction, val_fraction)
+    batch, batch_key = params.train_batch(task_name)
+    train_loader, val_loader, skipped = _loaders(params, task, raw_dir, lr_dir, batch, train_fraction, val_fraction,
+                                                 batch_key=batch_key)
     from_release = method.sr_start == "div2k" and bool(params.sr.init)
     if from_release:  # as the paper: T->S, S+T and SR4IR start from the DIV2K weights, S->T from pretrain_sr
         sr_init = _main_first(fetch_release, params.sr.init)

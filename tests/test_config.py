@@ -96,3 +96,27 @@ def test_the_paper_segmenter_is_one_arch_switch_away():
     task = TASKS["seg"](p.seg, num_classes=8)
     terms = task.losses(task.build_model().train(), torch.rand(2, 3, 64, 64), torch.zeros(2, 64, 64, dtype=torch.long))
     assert set(terms) == {"loss_ce", "loss_aux"}
+
+
+def test_a_task_trains_with_its_own_batch_when_it_sets_one_and_with_train_batch_size_otherwise(tiny_data, monkeypatch):
+    """det.batch_size (the embedded default: 8) reaches the det loaders; 0 falls back to train.batch_size."""
+    from src import experiment
+
+    params = parse_params({"train": {"batch_size": 16}, "det": {"batch_size": 4}, "cls": {"batch_size": 0}})
+    assert params.train_batch("det") == (4, "det.batch_size")
+    assert params.train_batch("cls") == (16, "train.batch_size")
+    assert parse_params({}).train_batch("det") == (8, "det.batch_size")
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def loaders(params, task, raw, lr, batch_size, *args, batch_key="train.batch_size"):
+        seen.append((batch_size, batch_key))
+        raise Stop
+
+    monkeypatch.setattr(experiment, "_loaders", loaders)
+    for task in ("det", "cls"):
+        with pytest.raises(Stop):
+            experiment.train_method(params.model_copy(update={"device": "cpu"}), task, "h2t", *tiny_data)
+    assert seen == [(4, "det.batch_size"), (16, "train.batch_size")]

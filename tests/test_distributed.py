@@ -150,6 +150,7 @@ def test_a_rank_loader_yields_its_share_of_every_global_batch(tiny_data):
     ({"train": {"nproc": 3}}, "train.batch_size (32) must be divisible by train.nproc (3)"),
     ({"train": {"nproc": 4}, "pretrain_sr": {"batch_size": 6}}, "pretrain_sr.batch_size (6) must be divisible by train.nproc (4)"),
     ({"train": {"nproc": 0}}, "train.nproc: Input should be greater than 0"),
+    ({"train": {"nproc": 16}}, "det.batch_size (8) must be divisible by train.nproc (16)"),  # a task's own batch
 ])
 def test_a_batch_that_does_not_split_over_the_processes_is_a_config_error(override, key):
     with pytest.raises(ConfigError, match=r"params\.yaml: .*" + key.replace("(", r"\(").replace(")", r"\)")):
