@@ -215,9 +215,7 @@ def _check_layers(layers: dict[str, float], allowed: tuple[str, ...]) -> None:
 class TaskConfig(Strict):
     """What every task's section has: its own training batch, when it needs one other than train.batch_size."""
 
-    # The global training batch of this task's train* stages; 0: train.batch_size. A detector from scratch
-    # learns per optimiser step more than per image: det at 8 sees the same images in 4x the steps (docs/choices.md).
-    batch_size: NonNegInt = 0
+    batch_size: NonNegInt = 0  # the global training batch of this task's train* stages; 0: train.batch_size
 
 
 class ClsConfig(TaskConfig):
@@ -541,14 +539,10 @@ class Params(Strict):
         if self.train.linear_warmup and 0 < self.train.sr4ir.warmup_epochs < 2:
             raise ValueError(f"train.linear_warmup: epoch 1 is the linear ramp, so sr4ir.warmup_epochs "
                              f"({self.train.sr4ir.warmup_epochs}) must be 0 or at least 2 (the paper's det: 3)")
-        for task in self.tasks:
-            batch, key = self.train_batch(task)
+        for batch, key in [*map(self.train_batch, self.tasks), (self.pretrain_sr.batch_size, "pretrain_sr.batch_size")]:
             if batch % self.train.world:
                 raise ValueError(f"{key} ({batch}) must be divisible by {self.train.world_key} ({self.train.world}): "
                                  "each process takes batch_size / nproc samples of every batch")
-        if self.pretrain_sr.batch_size % self.train.world:
-            raise ValueError(f"pretrain_sr.batch_size ({self.pretrain_sr.batch_size}) must be divisible by {self.train.world_key} "
-                             f"({self.train.world}): each process takes batch_size / nproc samples of every batch")
         if self.train.sync_bn and self.train.world > 1 and self.device == "cpu":
             raise ValueError("train.sync_bn needs GPUs (PyTorch's SyncBatchNorm runs on CUDA only), but device is cpu: "
                              "set train.sync_bn: false (each process then normalises with its own share's statistics)")
