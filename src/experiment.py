@@ -138,8 +138,9 @@ def train_method(
                         sr_init_release=from_release)
     _per_rank_seeds(params, setup, params.seed + 1)
     warmup = params.train.sr4ir.warmup_epochs if method.tdp else 0
+    epochs, _ = params.train_epochs(task_name)
     t0 = time.perf_counter()
-    history = fit(setup, train_loader, val_loader, params.train.epochs, device, warmup_epochs=warmup,
+    history = fit(setup, train_loader, val_loader, epochs, device, warmup_epochs=warmup,
                   psnr_crop=params.eval.psnr_crop_border, callbacks=callbacks, checkpoint=checkpoint,
                   linear_warmup=params.train.linear_warmup, psnr_on=params.eval.psnr_on)
     states = {}

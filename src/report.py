@@ -479,10 +479,16 @@ def _seeds(p: Params) -> str:
     return f"{word} {', '.join(str(s) for s in p.seeds)} (n = {len(p.seeds)})"
 
 
+def _epochs(p: Params) -> str:
+    """Training epochs per task: ``4 epochs`` when every task trains as long, else ``4 epochs (det 6)``."""
+    own = [f"{t} {n}" for t in p.tasks if (n := p.train_epochs(t)[0]) != p.train.epochs]
+    return f"{p.train.epochs} epochs" + (f" ({', '.join(own)})" if own else "")
+
+
 def _intro(p: Params) -> list[str]:
     return [
         f"Dataset **{p.data.name}** ({_split_sizes(p)}{_hr_sizes(p)}), scale **x{p.degrade.scale}** (bicubic, antialias={p.degrade.antialias}), "
-        f"SR **{_sr_name(p)}**, {p.train.epochs} epochs per method "
+        f"SR **{_sr_name(p)}**, {_epochs(p)} per method "
         f"(SR pre-training {p.pretrain_sr.epochs}; SR4IR warm-up {p.train.sr4ir.warmup_epochs}), "
         f"TDP weight {p.train.sr4ir.tdp_weight}, CQMix p={p.train.sr4ir.cqmix_p}, {_seeds(p)}: every method "
         "is trained and evaluated once per seed.",

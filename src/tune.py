@@ -91,6 +91,7 @@ def trial_params(raw: dict, task: str, values: dict[str, Any]) -> Params:
     tune = merged.get("tune", {})
     merged.setdefault("train", {})
     merged["train"]["epochs"] = tune.get("epochs", Params().tune.epochs)
+    merged.setdefault(task, {})["epochs"] = 0  # the tuning budget, not the task's own epochs, sets the trial's length
     merged["train"].setdefault("sr4ir", {})["warmup_epochs"] = tune.get("warmup_epochs", Params().tune.warmup_epochs)
     for name, value in values.items():
         section, *path = TUNED_KEYS[name]

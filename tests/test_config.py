@@ -54,8 +54,12 @@ def test_crop_not_divisible_by_scale_is_rejected():
 
 
 def test_warmup_must_leave_epochs_for_tdp():
-    with pytest.raises(ConfigError, match="warmup_epochs"):
+    with pytest.raises(ConfigError, match=r"warmup_epochs \(3\) must be below train.epochs \(3\)"):
         parse_params({"train": {"epochs": 3, "sr4ir": {"warmup_epochs": 3}}})
+    with pytest.raises(ConfigError, match=r"warmup_epochs \(2\) must be below det.epochs \(2\)"):
+        parse_params({"det": {"epochs": 2}, "train": {"sr4ir": {"warmup_epochs": 2}}})
+    # a task's own epochs count only when the study trains that task
+    assert parse_params({"tasks": ["cls"], "det": {"epochs": 1}}).train_epochs("cls") == (4, "train.epochs")
 
 
 def test_tuning_budget_is_validated():
@@ -120,3 +124,29 @@ def test_a_task_trains_with_its_own_batch_when_it_sets_one_and_with_train_batch_
         with pytest.raises(Stop):
             experiment.train_method(params.model_copy(update={"device": "cpu"}), task, "h2t", *tiny_data)
     assert seen == [(4, "det.batch_size"), (16, "train.batch_size")]
+
+
+def test_a_task_trains_for_its_own_epochs_when_it_sets_them_and_for_train_epochs_otherwise(tiny_data, monkeypatch):
+    """det.epochs (the embedded default: 6) is the length of the det runs; 0 falls back to train.epochs."""
+    from src import experiment
+    from tests.conftest import TINY
+
+    params = parse_params({**TINY, "train": {**TINY["train"], "epochs": 3}, "det": {"epochs": 5}, "cls": {"epochs": 0}})
+    assert params.train_epochs("det") == (5, "det.epochs")
+    assert params.train_epochs("cls") == (3, "train.epochs")
+    assert parse_params({}).train_epochs("det") == (6, "det.epochs")
+    assert parse_params({}).train_epochs("seg") == (4, "train.epochs")
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def fit(setup, train_loader, val_loader, epochs, *args, **kwargs):
+        seen.append(epochs)
+        raise Stop
+
+    monkeypatch.setattr(experiment, "fit", fit)
+    for task in ("det", "cls"):
+        with pytest.raises(Stop):
+            experiment.train_method(params, task, "h2t", *tiny_data)
+    assert seen == [5, 3]

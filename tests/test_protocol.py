@@ -65,8 +65,8 @@ def _voc(root: Path) -> Path:
 TINY_NETS = {
     "sr": {"n_blocks": 1, "n_feats": 8},
     "seg": {"arch": "deeplabv3_mobilenet_v3_large", "loss_weights": {"loss_ce": 1.0, "loss_aux": 0.5}},
-    "det": {"batch_size": 0, "fpn_channels": 16, "representation_size": 32, "anchor_sizes": [[16], [32], [64]],
-            "rpn_post_nms_top_n_train": 16, "rpn_post_nms_top_n_test": 8, "box_batch_size_per_image": 8},  # batch: train's
+    "det": {"batch_size": 0, "epochs": 0, "fpn_channels": 16, "representation_size": 32, "anchor_sizes": [[16], [32], [64]],
+            "rpn_post_nms_top_n_train": 16, "rpn_post_nms_top_n_test": 8, "box_batch_size_per_image": 8},  # batch, epochs: train's
     "train": {"epochs": 2, "batch_size": 2, "sr4ir": {"warmup_epochs": 1}},
 }
 SEG = {"tasks": ["seg"], "device": "cpu", "degrade": {"scale": SCALE}, **TINY_NETS,

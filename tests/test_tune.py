@@ -172,6 +172,15 @@ def test_pruning_stops_an_obviously_bad_trial(env):
     assert max(e for good, e in epochs_run if not good) == 2  # judged right after the warm-up step, not later
 
 
+def test_the_tuning_budget_sets_a_trials_epochs_whatever_the_tasks_own():
+    """A trial runs tune.epochs even on a task whose own epochs differ (the embedded det.epochs: 6)."""
+    raw = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+    assert parse_params(raw).train_epochs("det") == (6, "det.epochs")
+    trial = tune.trial_params(raw, "det", {"tdp_weight": 0.5, "cqmix_p": 0.5})
+    assert trial.train_epochs("det") == (raw["tune"]["epochs"], "train.epochs")
+    assert trial.det.optim == parse_params(raw).det.optim  # the rest of the section is the study's
+
+
 def test_apply_changes_exactly_the_two_params_and_keeps_comments(tmp_path):
     path = tmp_path / "params.yaml"
     shutil.copy(ROOT / "params.yaml", path)
