@@ -482,15 +482,18 @@ class Params(Strict):
                 data = {**data, "seed": seeds[0]}
         return data
 
+    def _own_or_train(self, task: str, name: str) -> tuple[int, str]:
+        """``<task>.<name>`` when set (non-zero), else ``train.<name>``; with the key it came from (for errors)."""
+        own = getattr(self.task_config(task), name)
+        return (own, f"{task}.{name}") if own else (getattr(self.train, name), f"train.{name}")
+
     def train_batch(self, task: str) -> tuple[int, str]:
-        """The global training batch of ``task``'s train* stages and the key it comes from (for errors)."""
-        own = getattr(self, task).batch_size
-        return (own, f"{task}.batch_size") if own else (self.train.batch_size, "train.batch_size")
+        """The global training batch of ``task``'s train* stages and the key it comes from."""
+        return self._own_or_train(task, "batch_size")
 
     def train_epochs(self, task: str) -> tuple[int, str]:
-        """The epochs of ``task``'s train* stages and the key they come from (for errors)."""
-        own = getattr(self, task).epochs
-        return (own, f"{task}.epochs") if own else (self.train.epochs, "train.epochs")
+        """The epochs of ``task``'s train* stages and the key they come from."""
+        return self._own_or_train(task, "epochs")
 
     def with_seed(self, seed: int) -> "Params":
         """These params for one of ``seeds`` (a stage's --seed)."""

@@ -12,9 +12,11 @@ import subprocess
 from collections import defaultdict
 from pathlib import Path
 
+from src.methods import METHODS, TABLE_METHODS
+
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = ("cls", "seg", "det")
-LABELS = {"H2T": "h2t", "L2T": "l2t", "S→T": "s2t", "T→S": "t2s", "S+T": "joint", "SR4IR": "sr4ir"}
+LABELS = {METHODS[name].label: name for name in TABLE_METHODS}  # the README's rows are Table 1's methods
 CELL = re.compile(r"^\**(?P<mean>-?[\d.]+) ± (?P<ci>[\d.]+)\** \((?P<seeds>[^)]*)\)$")
 
 
