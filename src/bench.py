@@ -65,11 +65,17 @@ DEFAULT_CLASSES = 8
 
 
 def bench_params(task: str, size: str) -> Params:
-    """``Params()`` defaults, or the paper's networks: EDSR-baseline 16x64 and the paper's detector."""
+    """``Params()`` defaults, or the paper's networks: EDSR-baseline 16x64, ResNet-18, DeepLabV3 with its
+    auxiliary head, and the paper's detector."""
     p = Params()
     if size == "default":
         return p
-    update: dict[str, Any] = {"sr": SRConfig(n_blocks=16, n_feats=64)}
+    update: dict[str, Any] = {
+        "sr": SRConfig(n_blocks=16, n_feats=64),
+        "cls": p.cls.model_copy(update={"arch": "resnet18"}),
+        "seg": p.seg.model_copy(update={"arch": "deeplabv3_mobilenet_v3_large",
+                                        "loss_weights": {"loss_ce": 1.0, "loss_aux": 0.5}}),
+    }
     if task == "det":
         update["det"] = p.det.model_copy(update={
             "fpn_stages": [13, 16], "fpn_channels": 256, "representation_size": 1024,

@@ -220,10 +220,16 @@ class TaskConfig(Strict):
 
 
 class ClsConfig(TaskConfig):
-    """Image classification: a torchvision ResNet classifier."""
+    """Image classification: a torchvision ResNet classifier.
 
-    arch: Literal["resnet18", "resnet34", "resnet50"] = "resnet18"
-    pretrained: bool = False  # ImageNet weights (needs a download; never required)
+    ``resnet10`` is torchvision's ResNet with one BasicBlock per stage (ResNet-18 has two): the CPU-sized
+    default, about half ResNet-18's work a step at 64 px, so the LR-side methods get the epochs they need to
+    plateau (docs/choices.md). torchvision publishes no ImageNet weights for it; the paper uses ``resnet18``.
+    """
+
+    arch: Literal["resnet10", "resnet18", "resnet34", "resnet50"] = "resnet10"
+    pretrained: bool = False  # ImageNet weights (needs a download; never required; not for resnet10)
+    epochs: NonNegInt = 8  # ResNet-10's LR-side methods still moved 2-12 points an epoch at 4 (docs/choices.md)
     optim: OptimConfig = OptimConfig(name="adamw", lr=1.0e-3, momentum=0.0, weight_decay=1.0e-4, eta_min=1.0e-6)
     loss_weights: dict[str, NonNegFloat] = {"loss_ce": 1.0}
     tdp_layers: dict[str, NonNegFloat] = {"layer4": 1.0}
@@ -231,6 +237,9 @@ class ClsConfig(TaskConfig):
 
     @model_validator(mode="after")
     def _names(self) -> "ClsConfig":
+        if self.pretrained and self.arch == "resnet10":
+            raise ValueError("pretrained: torchvision has no ImageNet weights for resnet10; set cls.arch: resnet18 "
+                             "(the paper's) or cls.pretrained: false")
         _check_terms(self.loss_weights, {"loss_ce"}, self.arch)
         _check_layers(self.tdp_layers, ("layer1", "layer2", "layer3", "layer4"))
         return self
@@ -271,7 +280,7 @@ class DetConfig(TaskConfig):
 
     arch: Literal["fasterrcnn_mobilenet_v3_large_fpn"] = "fasterrcnn_mobilenet_v3_large_fpn"
     batch_size: NonNegInt = 8  # 4x the optimiser steps of train.batch_size 32 over the same images (docs/choices.md)
-    epochs: NonNegInt = 6  # at 4 epochs the detector still climbed 2-3 mAP in its last one (docs/choices.md)
+    epochs: NonNegInt = 0  # 0: train.epochs (6: at 4 the detector still climbed 2-3 mAP in its last one, docs/choices.md)
     pretrained_backbone: bool = False  # ImageNet backbone (needs a download; never required)
     bn_momentum: Annotated[float, Field(gt=0.0, le=1.0)] = 0.1  # torchvision's MobileNetV3 uses 0.01 (see set_bn_momentum)
     fpn_stages: list[Annotated[int, Field(ge=1, le=16)]] = [4, 7]  # MobileNetV3 ``features`` indices feeding the FPN
@@ -346,7 +355,7 @@ class SR4IRConfig(Strict):
 
 
 class TrainConfig(Strict):
-    epochs: PosInt = 4
+    epochs: PosInt = 6  # every task's, unless its own <task>.epochs says otherwise (cls: 8)
     batch_size: PosInt = 32  # the global batch: with nproc processes each takes batch_size / nproc
     # Processes per training stage (pretrain_sr, train*): > 1 runs the stage under torchrun, one per GPU
     # (Gloo on a CPU); pretrain_sr.batch_size and batch_size must be divisible by it. See README "Many GPUs".

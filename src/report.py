@@ -480,7 +480,7 @@ def _seeds(p: Params) -> str:
 
 
 def _epochs(p: Params) -> str:
-    """Training epochs per task: ``4 epochs`` when every task trains as long, else ``4 epochs (det 6)``."""
+    """Training epochs per task: ``6 epochs`` when every task trains as long, else ``6 epochs (cls 8)``."""
     own = [f"{t} {n}" for t in p.tasks if (n := p.train_epochs(t)[0]) != p.train.epochs]
     return f"{p.train.epochs} epochs" + (f" ({', '.join(own)})" if own else "")
 

@@ -209,3 +209,11 @@ def test_compile_loss_curve_stays_close_to_eager_on_cuda():
     finally:
         torch.backends.cudnn.allow_tf32 = tf32
     assert set(fast.rec.state_dict()) == set(s.rec.state_dict())  # compiled in place: checkpoints keep their keys
+
+
+def test_paper_size_benches_the_papers_networks_not_the_cpu_defaults():
+    """--sizes paper times ResNet-18, DeepLabV3 (with its aux loss) and EDSR 16x64, whatever the embedded default."""
+    cls, seg = bench_params("cls", "paper"), bench_params("seg", "paper")
+    assert (cls.cls.arch, cls.sr.n_blocks, cls.sr.n_feats) == ("resnet18", 16, 64)
+    assert seg.seg.arch == "deeplabv3_mobilenet_v3_large" and set(seg.seg.loss_weights) == {"loss_ce", "loss_aux"}
+    assert bench_params("cls", "default").cls.arch == "resnet10"

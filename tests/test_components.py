@@ -47,7 +47,7 @@ def test_tdp_loss_is_zero_for_identical_features_and_positive_otherwise():
     x = torch.rand(2, 3, 64, 64)
     with frozen_critic(rec):
         f = task.features(rec, x)
-        assert f["layer4"].shape == (2, 512, 2, 2)  # ResNet-18 layer4 at 64 px input
+        assert f["layer4"].shape == (2, 512, 2, 2)  # ResNet-10 (as ResNet-18) layer4 at 64 px input
         assert tdp_loss(f, task.features(rec, x.clone()), {"layer4": 1.0}).item() == 0.0
         assert tdp_loss(task.features(rec, x + 0.1), f, {"layer4": 1.0}).item() > 0.0
 

@@ -59,7 +59,7 @@ def test_warmup_must_leave_epochs_for_tdp():
     with pytest.raises(ConfigError, match=r"warmup_epochs \(2\) must be below det.epochs \(2\)"):
         parse_params({"det": {"epochs": 2}, "train": {"sr4ir": {"warmup_epochs": 2}}})
     # a task's own epochs count only when the study trains that task
-    assert parse_params({"tasks": ["cls"], "det": {"epochs": 1}}).train_epochs("cls") == (4, "train.epochs")
+    assert parse_params({"tasks": ["cls"], "det": {"epochs": 1}}).train_epochs("cls") == (8, "cls.epochs")
 
 
 def test_tuning_budget_is_validated():
@@ -127,15 +127,15 @@ def test_a_task_trains_with_its_own_batch_when_it_sets_one_and_with_train_batch_
 
 
 def test_a_task_trains_for_its_own_epochs_when_it_sets_them_and_for_train_epochs_otherwise(tiny_data, monkeypatch):
-    """det.epochs (the embedded default: 6) is the length of the det runs; 0 falls back to train.epochs."""
+    """det.epochs is the length of the det runs; 0 falls back to train.epochs (the embedded default: cls 8, the rest 6)."""
     from src import experiment
     from tests.conftest import TINY
 
     params = parse_params({**TINY, "train": {**TINY["train"], "epochs": 3}, "det": {"epochs": 5}, "cls": {"epochs": 0}})
     assert params.train_epochs("det") == (5, "det.epochs")
     assert params.train_epochs("cls") == (3, "train.epochs")
-    assert parse_params({}).train_epochs("det") == (6, "det.epochs")
-    assert parse_params({}).train_epochs("seg") == (4, "train.epochs")
+    assert parse_params({}).train_epochs("cls") == (8, "cls.epochs")
+    assert parse_params({}).train_epochs("seg") == parse_params({}).train_epochs("det") == (6, "train.epochs")
     seen = []
 
     class Stop(Exception):

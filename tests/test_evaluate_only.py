@@ -78,7 +78,7 @@ def test_cli_writes_metrics_and_report_with_a_recogniser(checkpoints, tiny_param
           "--params", str(params), "--raw", str(raw), "--lr", str(lr)])
     record = json.loads((out / "metrics.json").read_text())
     assert {"top1", "psnr"} == set(record["metrics"]) and "task_metric_unavailable" not in record
-    assert record["rec_checkpoint"] == str(rec) and record["recogniser"] == "resnet18"
+    assert record["rec_checkpoint"] == str(rec) and record["recogniser"] == tiny_params.cls.arch == "resnet10"
     ours = evaluate_checkpoints(tiny_params, "cls", checkpoints["ours"], None, raw, lr)
     assert record["metrics"]["psnr"] == ours["metrics"]["psnr"]
     md = (out / "report.md").read_text()

@@ -37,7 +37,7 @@ def test_every_profile_resolves_to_valid_params(path, scale, sr):
     cfg = p.task_config(task)
     warmup = {"seg": 10, "det": 3, "cls": 20}[task]
     assert p.train.sr4ir.warmup_epochs == warmup and p.train.sr4ir.tdp_weight == 1.0
-    assert p.train_epochs(task) == ({"seg": 100, "det": 30, "cls": 200}[task], "train.epochs")  # not det.epochs' 6
+    assert p.train_epochs(task) == ({"seg": 100, "det": 30, "cls": 200}[task], "train.epochs")  # not the embedded cls.epochs' 8
     assert cfg.optim.name == "sgd"
 
 

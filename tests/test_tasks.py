@@ -5,10 +5,12 @@ import math
 import numpy as np
 import pytest
 import torch
+import torchvision
 
-from src.config import Params, SRConfig
+from src.config import ClsConfig, Params, SRConfig, parse_params
 from src.data.dataset import PairedDataset, make_loader
 from src.data.targets import targets_for
+from src.errors import ConfigError
 from src.experiment import build_setup
 from src.loop import evaluate, train_one_epoch
 from src.losses import tdp_loss
@@ -17,7 +19,7 @@ from src.models.sr import build_sr
 from src.tasks import TASKS, build_task
 from src.tasks.seg import ConfusionIoU
 
-# At 64-px input: ResNet-18 layer4 at stride 32; the dilated DeepLab backbone's C5 at stride 16; the detector's
+# At 64-px input: ResNet-10's (and ResNet-18's) layer4 at stride 32; the dilated DeepLab backbone's C5 at stride 16; the detector's
 # FPN levels '0' (MobileNetV3 features[4], stride 8) and '1' (features[7], stride 16) with det.fpn_channels.
 FEATURE_SHAPES = {"cls": {"layer4": (2, 512, 2, 2)}, "seg": {"C5": (2, 960, 4, 4)},
                   "det": {"0": (2, 64, 8, 8), "1": (2, 64, 4, 4)}}
@@ -70,6 +72,22 @@ def test_sr_phase_gradients_reach_sr_and_not_the_frozen_recogniser(name):
     assert all(p.grad is None for p in rec.parameters())
     assert all(p.grad is not None for p in sr.parameters() if p.requires_grad)
     assert rec.training  # restored after the critic context
+
+
+@pytest.mark.parametrize("arch, blocks", [("resnet10", 1), ("resnet18", 2)])
+def test_cls_arch_builds_torchvisions_resnet_with_its_blocks_per_stage(arch, blocks):
+    """The embedded default resnet10 is torchvision's ResNet with one BasicBlock a stage; resnet18 has two.
+    Both end in the same 512-channel layer4, so the TDP layers and the head do not change with the arch."""
+    net = TASKS["cls"](ClsConfig(arch=arch), num_classes=8).build_model().net
+    assert isinstance(net, torchvision.models.ResNet)
+    assert [len(getattr(net, f"layer{i}")) for i in range(1, 5)] == [blocks] * 4
+    assert isinstance(net.layer1[0], torchvision.models.resnet.BasicBlock) and net.fc.out_features == 8
+
+
+def test_resnet10_with_imagenet_weights_is_refused_naming_the_key():
+    with pytest.raises(ConfigError, match=r"params.yaml: cls: pretrained: torchvision has no ImageNet weights for resnet10"):
+        parse_params({"cls": {"pretrained": True}}, "params.yaml")
+    assert parse_params({"cls": {"arch": "resnet18", "pretrained": True}}).cls.pretrained  # the paper's network may
 
 
 def test_miou_matches_a_hand_computed_confusion_matrix():

@@ -173,12 +173,12 @@ def test_pruning_stops_an_obviously_bad_trial(env):
 
 
 def test_the_tuning_budget_sets_a_trials_epochs_whatever_the_tasks_own():
-    """A trial runs tune.epochs even on a task whose own epochs differ (the embedded det.epochs: 6)."""
+    """A trial runs tune.epochs even on a task whose own epochs differ (the embedded cls.epochs: 8)."""
     raw = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
-    assert parse_params(raw).train_epochs("det") == (6, "det.epochs")
-    trial = tune.trial_params(raw, "det", {"tdp_weight": 0.5, "cqmix_p": 0.5})
-    assert trial.train_epochs("det") == (raw["tune"]["epochs"], "train.epochs")
-    assert trial.det.optim == parse_params(raw).det.optim  # the rest of the section is the study's
+    assert parse_params(raw).train_epochs("cls") == (8, "cls.epochs")
+    trial = tune.trial_params(raw, "cls", {"tdp_weight": 0.5, "cqmix_p": 0.5})
+    assert trial.train_epochs("cls") == (raw["tune"]["epochs"], "train.epochs")
+    assert trial.cls.optim == parse_params(raw).cls.optim  # the rest of the section is the study's
 
 
 def test_apply_changes_exactly_the_two_params_and_keeps_comments(tmp_path):

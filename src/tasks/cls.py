@@ -41,6 +41,14 @@ class Classifier(nn.Module):
         return self.forward_features(x)["fc"]
 
 
+def _resnet(arch: str, weights: Any) -> torchvision.models.ResNet:
+    """torchvision's ResNet by name; ``resnet10`` (not a torchvision builder) is its ResNet class with one
+    BasicBlock per stage, as ResNet-18 is with two."""
+    if arch == "resnet10":
+        return torchvision.models.ResNet(torchvision.models.resnet.BasicBlock, [1, 1, 1, 1])
+    return torchvision.models.get_model(arch, weights=weights)
+
+
 class Top1:
     """Top-1 accuracy in percent over everything seen; per image: whether its prediction was right."""
 
@@ -93,7 +101,7 @@ class ClassificationTask:
         if self.cfg.pretrained:
             weights = torchvision.models.get_model_weights(self.cfg.arch).DEFAULT
         try:
-            net = torchvision.models.get_model(self.cfg.arch, weights=weights)
+            net = _resnet(self.cfg.arch, weights)
         except Exception as err:  # noqa: BLE001 - any download failure gets the same advice
             raise imagenet_weights_error("cls.pretrained", err) from err
         net.fc = nn.Linear(net.fc.in_features, self.num_classes)  # the 1000-way head is never reused
