@@ -15,6 +15,7 @@ from tests.conftest import TINY
 
 SWITCHES = {"cls": ("pretrained", "cls.pretrained"), "seg": ("pretrained_backbone", "seg.pretrained_backbone"),
             "det": ("pretrained_backbone", "det.pretrained_backbone")}
+NETWORK = {"cls": {"arch": "resnet18"}}  # ImageNet weights exist for the paper's ResNet-18, not the default resnet10
 
 
 @pytest.mark.parametrize("task_name", sorted(SWITCHES))
@@ -25,7 +26,7 @@ def test_unfetchable_imagenet_weights_name_the_switch(task_name, tiny_data, monk
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # nothing cached
     monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", offline)
     field, key = SWITCHES[task_name]
-    params = parse_params({**TINY, task_name: {field: True}}, "tiny")
+    params = parse_params({**TINY, task_name: {**TINY.get(task_name, {}), **NETWORK.get(task_name, {}), field: True}}, "tiny")
     task = build_task(task_name, params, tiny_data[0])
     with pytest.raises(DownloadError, match=rf"{key}: could not load ImageNet weights .*no network for https://download.pytorch.org"
                                             rf".*set {key}: false, or place torchvision's weights file in {tmp_path}/hub/checkpoints"):
