@@ -18,7 +18,7 @@ TINY = {
     "sr": {"n_blocks": 1, "n_feats": 8},
     "pretrain_sr": {"epochs": 1, "batch_size": 8},
     "train": {"epochs": 2, "batch_size": 8, "sr4ir": {"warmup_epochs": 1}},
-    "cls": {"epochs": 0},  # every task trains train.epochs (the embedded default: cls 8)
+    "cls": {"epochs": 0},  # every task trains train.epochs, whatever its embedded default (cls: 8)
     "det": {"epochs": 0},
     "eval": {"batch_size": 8, "psnr_crop_border": 2},
 }
